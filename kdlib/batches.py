@@ -1,0 +1,232 @@
+"""On-device batching: the whole data set lives on the device, batches are index slices, and
+augmentation (random crop with zero padding, horizontal flip) runs on the whole batch at once.
+
+Pipeline of a training batch: gather by a permutation index -> float (uint8 / 255) ->
+random crop from the image zero-padded by `pad` pixels (the padding is black, as in the KD
+literature's RandomCrop(32, padding=4), i.e. applied BEFORE normalization) -> horizontal flip ->
+per-channel normalization (x - mean) / std. All random draws come from a CPU torch.Generator,
+so the batches are the same on every device for the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from kdlib._validate import check_int
+
+__all__ = ["Batch", "DeviceData", "to_float", "normalize", "crop_flip", "augment_batch"]
+
+
+class Batch(NamedTuple):
+    """x: B x ... float32 network input; y: B int64 labels; idx: B int64 sample indices into the
+    split (train indices for training batches, so `train_posterior[idx]` lines up)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+
+def _check_tensor(x, name: str, dims: tuple | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
+    if dims is not None and x.dim() not in dims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape "
+                         f"{tuple(x.shape)}")
+    return x
+
+
+def _check_generator(generator) -> torch.Generator:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator (so batches are identical on "
+                         f"every device), got one on {generator.device}")
+    return generator
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1] (x / 255); float tensors -> float32 unchanged."""
+    _check_tensor(x, "x")
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    if not x.is_floating_point():
+        raise TypeError(f"x must be uint8 or floating point, got {x.dtype}")
+    return x.to(torch.float32)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel (dim 1) of a float B x C x ... tensor; mean/std are
+    sequences (or tensors) of C values, std > 0. mean=std=None returns x unchanged."""
+    _check_tensor(x, "x")
+    if mean is None and std is None:
+        return x
+    if mean is None or std is None:
+        raise ValueError("mean and std must both be given or both be None")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point (convert uint8 with to_float), got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be B x C x ..., got shape {tuple(x.shape)}")
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(-1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(-1)
+    if len(mean_t) != x.shape[1] or len(std_t) != x.shape[1]:
+        raise ValueError(f"mean and std need one value per channel ({x.shape[1]}), got "
+                         f"{len(mean_t)} and {len(std_t)}")
+    if not bool((std_t > 0).all()):
+        raise ValueError(f"std values must be > 0, got {std_t.tolist()}")
+    return (x - mean_t.reshape(shape)) / std_t.reshape(shape)
+
+
+def crop_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor,
+              flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Deterministic crop + flip of a B x C x H x W batch.
+
+    Sample b is zero-padded by `pad` pixels on every side and the H x W window whose top-left
+    corner sits at (offsets[b, 0], offsets[b, 1]) in the padded image is cut out
+    (offset (pad, pad) returns the image itself); where flips[b] is True the crop is then
+    mirrored along the width. offsets: B x 2 integers in [0, 2 * pad]; flips: B bools or None.
+    """
+    _check_tensor(x, "x", dims=(4,))
+    pad = check_int(pad, "pad", minimum=0)
+    _check_tensor(offsets, "offsets")
+    b, c, h, w = x.shape
+    if tuple(offsets.shape) != (b, 2) or offsets.is_floating_point():
+        raise ValueError(f"offsets must be a {b} x 2 integer tensor, got {offsets.dtype} "
+                         f"{tuple(offsets.shape)}")
+    if len(offsets) and (int(offsets.min()) < 0 or int(offsets.max()) > 2 * pad):
+        raise ValueError(f"offsets must lie in [0, {2 * pad}] for pad={pad}, got "
+                         f"[{int(offsets.min())}, {int(offsets.max())}]")
+    if flips is not None:
+        _check_tensor(flips, "flips")
+        if tuple(flips.shape) != (b,):
+            raise ValueError(f"flips must have shape ({b},), got {tuple(flips.shape)}")
+    offsets = offsets.to(device=x.device, dtype=torch.long)
+    padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    rows = offsets[:, :1] + torch.arange(h, device=x.device)  # B x H
+    cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # B x W
+    if flips is not None:
+        cols = torch.where(flips.to(x.device, torch.bool)[:, None], cols.flip(1), cols)
+    width = padded.shape[3]
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, width))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def augment_batch(x: torch.Tensor, pad: int, flip: bool,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding of `pad` pixels, every offset in [0, 2 * pad] equally likely)
+    and, if `flip`, a horizontal flip with probability 1/2, for a float B x C x H x W batch.
+    The draws come from the CPU `generator`: first the B x 2 offsets, then the B flip bits."""
+    _check_tensor(x, "x", dims=(4,))
+    pad = check_int(pad, "pad", minimum=0)
+    if not isinstance(flip, bool):
+        raise TypeError(f"flip must be True or False, got {flip!r}")
+    _check_generator(generator)
+    b = len(x)
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    flips = torch.randint(0, 2, (b,), generator=generator).bool() if flip else None
+    if pad == 0 and flips is None:
+        return x
+    return crop_flip(x, pad, offsets, flips)
+
+
+class DeviceData:
+    """A `kdlib.data.Dataset` moved to `device` once; yields normalized batches from there.
+
+    Attributes: train_x, train_y, test_x, test_y, train_posterior, test_posterior (tensors on
+    the device, images kept uint8 until batched), dataset, device.
+    """
+
+    def __init__(self, dataset, device="cpu"):
+        for attr in ("train_x", "train_y", "test_x", "test_y", "mean", "std", "augment"):
+            if not hasattr(dataset, attr):
+                raise TypeError(f"dataset must be a kdlib.data.Dataset, got "
+                                f"{type(dataset).__name__} without {attr!r}")
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be a string like 'cpu'/'cuda' or a torch.device, got "
+                            f"{type(device).__name__}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"unknown device {device!r}; use e.g. 'cpu' or 'cuda:0'") from err
+        self.dataset = dataset
+        self.train_x = dataset.train_x.to(self.device)
+        self.train_y = dataset.train_y.to(self.device)
+        self.test_x = dataset.test_x.to(self.device)
+        self.test_y = dataset.test_y.to(self.device)
+        post = dataset.train_posterior, dataset.test_posterior
+        self.train_posterior = None if post[0] is None else post[0].to(self.device)
+        self.test_posterior = None if post[1] is None else post[1].to(self.device)
+        self._mean = None if dataset.mean is None else torch.tensor(
+            dataset.mean, dtype=torch.float32, device=self.device)
+        self._std = None if dataset.std is None else torch.tensor(
+            dataset.std, dtype=torch.float32, device=self.device)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_y)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.train_x.shape[1:])
+
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        """Number of training batches per epoch."""
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        if drop_last:
+            return self.num_train // batch_size
+        return -(-self.num_train // batch_size)
+
+    def _prepare(self, x: torch.Tensor, augment: bool,
+                 generator: torch.Generator | None) -> torch.Tensor:
+        x = to_float(x)
+        if augment:
+            x = augment_batch(x, self.dataset.pad, bool(self.dataset.flip), generator)
+        return normalize(x, self._mean, self._std)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, augment: bool = True,
+                      drop_last: bool = False) -> Iterator[Batch]:
+        """One epoch of shuffled training batches (a permutation drawn from the CPU
+        `generator`). Augmented when `augment` and the dataset's `augment` are both True."""
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        _check_generator(generator)
+        for value, label in ((augment, "augment"), (drop_last, "drop_last")):
+            if not isinstance(value, bool):
+                raise TypeError(f"{label} must be True or False, got {value!r}")
+        do_augment = augment and bool(self.dataset.augment)
+        return self._train_epoch(batch_size, generator, do_augment, drop_last)
+
+    def _train_epoch(self, batch_size, generator, augment, drop_last):
+        perm = torch.randperm(self.num_train, generator=generator).to(self.device)
+        stop = self.steps_per_epoch(batch_size, drop_last) * batch_size
+        for start in range(0, min(stop, self.num_train), batch_size):
+            idx = perm[start:start + batch_size]
+            x = self._prepare(self.train_x.index_select(0, idx), augment, generator)
+            yield Batch(x, self.train_y.index_select(0, idx), idx)
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The test split in order, normalized, never augmented."""
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        return self._test_epoch(batch_size)
+
+    def _test_epoch(self, batch_size):
+        for start in range(0, self.num_test, batch_size):
+            stop = min(start + batch_size, self.num_test)
+            idx = torch.arange(start, stop, device=self.device)
+            yield Batch(self._prepare(self.test_x[start:stop], False, None),
+                        self.test_y[start:stop], idx)
+
+    def __repr__(self) -> str:
+        return (f"DeviceData({self.dataset.name!r}, device={self.device}, "
+                f"train={self.num_train}, test={self.num_test})")
