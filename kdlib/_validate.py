@@ -7,14 +7,14 @@ import math
 from numbers import Real
 
 import numpy as np
-import torch
 
 
-def as_tensor(x, name: str) -> torch.Tensor:
+def as_tensor(x, name: str):
     """Return `x` (numpy array, torch tensor or nested list) as a torch tensor.
 
     Tensors keep their device; numpy arrays are wrapped without copying where possible.
     """
+    import torch  # lazy: light modules (sweep, report) import this file too
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
@@ -34,7 +34,7 @@ def as_tensor(x, name: str) -> torch.Tensor:
 def check_positive(value, name: str) -> float:
     """A finite real number > 0 (temperatures, learning rates); returned as float."""
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
+        if type(value).__name__ == "Tensor" and value.numel() == 1:
             value = value.item()
         else:
             raise TypeError(f"{name} must be a real number > 0, got {type(value).__name__}")
