@@ -1,0 +1,231 @@
+"""Distillation losses: vanilla KD, DIST, soft cross-entropy and FitNet hints.
+
+Conventions (see REFERENCE.md):
+    logits are B x C floating tensors (B samples, C classes); temperatures are finite and > 0.
+    Every loss returns a 0-d tensor, averaged over the batch.
+
+Validation checks shapes, dtypes and scalar arguments only; tensor values are never scanned
+(these functions run every training step). Wrong shapes or scalar values raise ValueError;
+a non-floating tensor dtype (e.g. integer logits) raises TypeError.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlib._validate import as_tensor, check_int, check_positive
+
+__all__ = [
+    "kd_loss",
+    "dist_loss",
+    "dist_loss_from_probs",
+    "pearson_rows",
+    "soft_cross_entropy",
+    "FitNetHint",
+]
+
+DIST_EPS = 1e-8  # added to the norm product in the Pearson correlation (official DIST code)
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_floating(x, name: str) -> torch.Tensor:
+    x = as_tensor(x, name)
+    if not torch.is_floating_point(x):
+        raise TypeError(
+            f"{name} must have a floating dtype (float16/32/64, bfloat16), got {x.dtype}"
+        )
+    return x
+
+
+def _check_matrix(x, name: str) -> torch.Tensor:
+    x = _check_floating(x, name)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch x classes), got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got {tuple(x.shape)}")
+    return x
+
+
+def _check_pair(a, b, name_a: str, name_b: str) -> tuple[torch.Tensor, torch.Tensor]:
+    a = _check_matrix(a, name_a)
+    b = _check_matrix(b, name_b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape (batch x classes), "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    return a, b
+
+
+def _check_nonnegative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------- KD
+def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """Hinton KD: tau^2 * KL(softmax(t/tau) || softmax(s/tau)), 'batchmean' reduction.
+
+    student_logits, teacher_logits: B x C floating tensors (same shape).
+    temperature: tau, finite and > 0.
+    Returns a 0-d tensor: the KL summed over the C classes, averaged over the B rows
+    (not also divided by C), times tau^2. Gradients flow to both inputs; detach the teacher
+    yourself if it must not be trained.
+    """
+    s, t = _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
+    tau = check_positive(temperature, "temperature")
+    log_ps = F.log_softmax(s / tau, dim=1)
+    log_pt = F.log_softmax(t / tau, dim=1)
+    kl_rows = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
+    return kl_rows.mean() * tau**2
+
+
+# ----------------------------------------------------------------------------- DIST
+def pearson_rows(a, b, eps: float = DIST_EPS) -> torch.Tensor:
+    """Pearson correlation of each row of `a` with the same row of `b` (official DIST form).
+
+    a, b: N x M floating tensors. Returns N values: the cosine similarity of the row-centred
+    vectors, <a_c, b_c> / (|a_c| |b_c| + eps). A constant row gives 0.
+    """
+    a, b = _check_pair(a, b, "a", "b")
+    eps = _check_nonnegative(eps, "eps")
+    a_c = a - a.mean(dim=1, keepdim=True)
+    b_c = b - b.mean(dim=1, keepdim=True)
+    return (a_c * b_c).sum(dim=1) / (a_c.norm(dim=1) * b_c.norm(dim=1) + eps)
+
+
+def dist_loss_from_probs(
+    student_probs, teacher_probs, beta: float = 1.0, gamma: float = 1.0
+) -> torch.Tensor:
+    """DIST relation terms on probabilities, without the tau^2 factor.
+
+    student_probs, teacher_probs: B x C floating tensors (rows are usually softmax outputs,
+    but any real values are accepted). Returns beta * L_inter + gamma * L_intra with
+        L_inter = 1 - mean over the B rows of pearson(row of ps, row of pt),
+        L_intra = 1 - mean over the C columns of pearson(column of ps, column of pt).
+    Each term lies in [0, 2]. With B = 1 every column is constant, so L_intra is exactly 1
+    (no gradient): use batches of at least 2 samples.
+    """
+    ps, pt = _check_pair(student_probs, teacher_probs, "student_probs", "teacher_probs")
+    beta = _check_nonnegative(beta, "beta")
+    gamma = _check_nonnegative(gamma, "gamma")
+    inter = 1.0 - pearson_rows(ps, pt).mean()
+    intra = 1.0 - pearson_rows(ps.transpose(0, 1), pt.transpose(0, 1)).mean()
+    return beta * inter + gamma * intra
+
+
+def dist_loss(
+    student_logits,
+    teacher_logits,
+    temperature: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    """DIST (Huang et al. 2022): tau^2 * (beta * L_inter + gamma * L_intra).
+
+    student_logits, teacher_logits: B x C floating tensors (same shape).
+    temperature: tau > 0, applied as softmax(z / tau) to both. beta, gamma: weights >= 0.
+    L_inter and L_intra are as in `dist_loss_from_probs`. Returns a 0-d tensor.
+    """
+    s, t = _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
+    tau = check_positive(temperature, "temperature")
+    beta = _check_nonnegative(beta, "beta")
+    gamma = _check_nonnegative(gamma, "gamma")
+    ps = F.softmax(s / tau, dim=1)
+    pt = F.softmax(t / tau, dim=1)
+    return dist_loss_from_probs(ps, pt, beta, gamma) * tau**2
+
+
+# ----------------------------------------------------------------------------- soft CE
+def soft_cross_entropy(logits, target_probs) -> torch.Tensor:
+    """Cross-entropy against a probability target: mean over rows of -sum_c q_c log softmax(z)_c.
+
+    logits: B x C floating tensor. target_probs: B x C floating tensor of class probabilities
+    (rows are expected to sum to 1; not checked). With one-hot targets this equals the usual
+    cross-entropy; in general it equals H(q) + KL(q || softmax(z)). Returns a 0-d tensor.
+    """
+    z, q = _check_pair(logits, target_probs, "logits", "target_probs")
+    return -(q * F.log_softmax(z, dim=1)).sum(dim=1).mean()
+
+
+# ----------------------------------------------------------------------------- FitNet
+def _check_shape(shape, name: str) -> tuple[int, ...]:
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) not in (1, 3):
+        raise ValueError(f"{name} must be a per-sample shape (C, H, W) or (D,), got {shape!r}")
+    return tuple(check_int(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(shape))
+
+
+class FitNetHint(nn.Module):
+    """FitNet hint loss: a learned regressor maps the student feature to the teacher's shape.
+
+    student_shape, teacher_shape: per-sample shapes, both (C, H, W) (conv feature maps) or
+    both (D,) (vectors). Conv: 1x1 conv (no bias) + BatchNorm to the teacher's channels, then
+    adaptive average pooling when the teacher's map is smaller in both dimensions, otherwise
+    bilinear interpolation to the teacher's (H, W). Vectors: a Linear layer.
+
+    forward(student_feat, teacher_feat) with B x student_shape and B x teacher_shape tensors
+    returns the MSE (mean over all B * prod(teacher_shape) elements) between the regressed
+    student feature and the detached teacher feature, as a 0-d tensor.
+    """
+
+    def __init__(self, student_shape, teacher_shape):
+        super().__init__()
+        self.student_shape = _check_shape(student_shape, "student_shape")
+        self.teacher_shape = _check_shape(teacher_shape, "teacher_shape")
+        if len(self.student_shape) != len(self.teacher_shape):
+            raise ValueError(
+                "student_shape and teacher_shape must both be (C, H, W) or both be (D,), "
+                f"got {self.student_shape} and {self.teacher_shape}"
+            )
+        if len(self.student_shape) == 3:
+            cs, ct = self.student_shape[0], self.teacher_shape[0]
+            self.regressor = nn.Sequential(
+                nn.Conv2d(cs, ct, kernel_size=1, bias=False), nn.BatchNorm2d(ct)
+            )
+        else:
+            self.regressor = nn.Linear(self.student_shape[0], self.teacher_shape[0])
+
+    def _check_feat(self, feat, shape: tuple[int, ...], name: str) -> torch.Tensor:
+        feat = _check_floating(feat, name)
+        if feat.dim() != len(shape) + 1 or tuple(feat.shape[1:]) != shape:
+            raise ValueError(
+                f"{name} must have shape (B, {', '.join(map(str, shape))}) as declared, "
+                f"got {tuple(feat.shape)}"
+            )
+        return feat
+
+    def regress(self, student_feat) -> torch.Tensor:
+        """Map a B x student_shape feature to B x teacher_shape."""
+        s = self._check_feat(student_feat, self.student_shape, "student_feat")
+        out = self.regressor(s)
+        if len(self.teacher_shape) == 3:
+            size = self.teacher_shape[1:]
+            hw = tuple(out.shape[2:])
+            if hw != size:
+                if hw[0] >= size[0] and hw[1] >= size[1]:
+                    out = F.adaptive_avg_pool2d(out, size)
+                else:
+                    out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out
+
+    def forward(self, student_feat, teacher_feat) -> torch.Tensor:
+        t = self._check_feat(teacher_feat, self.teacher_shape, "teacher_feat")
+        s = self._check_feat(student_feat, self.student_shape, "student_feat")
+        if s.shape[0] != t.shape[0]:
+            raise ValueError(
+                "student_feat and teacher_feat must have the same batch size, "
+                f"got {s.shape[0]} and {t.shape[0]}"
+            )
+        return F.mse_loss(self.regress(s), t.detach().to(s.dtype))
