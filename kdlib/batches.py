@@ -49,13 +49,14 @@ def _check_generator(generator) -> torch.Generator:
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1] (x / 255); float tensors -> float32 unchanged."""
+    """uint8 images -> float32 in [0, 1] (x / 255); float32/float64 tensors unchanged,
+    other float types -> float32. (float64 data trains float64 models, e.g. in exactness tests.)"""
     _check_tensor(x, "x")
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
     if not x.is_floating_point():
         raise TypeError(f"x must be uint8 or floating point, got {x.dtype}")
-    return x.to(torch.float32)
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

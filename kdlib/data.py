@@ -113,8 +113,8 @@ class Dataset:
             if x.dim() not in (2, 4):
                 raise ValueError(f"{split}_x must be N x d or N x C x H x W, got shape "
                                  f"{tuple(x.shape)}")
-            if x.dtype not in (torch.uint8, torch.float32):
-                raise ValueError(f"{split}_x must be uint8 or float32, got {x.dtype}")
+            if x.dtype not in (torch.uint8, torch.float32, torch.float64):
+                raise ValueError(f"{split}_x must be uint8, float32 or float64, got {x.dtype}")
             if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x):
                 raise ValueError(f"{split}_y must be an int64 vector of length {len(x)}, got "
                                  f"{y.dtype} with shape {tuple(y.shape)}")

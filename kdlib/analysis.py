@@ -1,0 +1,95 @@
+"""Analysis of sweep results: rank correlations with bootstrap intervals, fitted lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from kdlib._validate import check_int
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation in [-1, 1] of two equal-length 1-D sequences (>= 3 points).
+
+    Ties get average ranks (scipy.stats.spearmanr). NaN if either input is constant.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
+    if x.size < 3:
+        raise ValueError(f"need at least 3 points for a rank correlation, got {x.size}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("x and y must be finite")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def _check_columns(df: pd.DataFrame, cols) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table; it has {list(df.columns)}")
+
+
+def bootstrap_spearman(df: pd.DataFrame, x: str, y: str, cell: str = "temperature",
+                       seed_col: str = "seed", n_boot: int = 2000, level: float = 0.95,
+                       rng_seed: int = 0) -> dict:
+    """Spearman of the per-cell means of `x` and `y`, with a bootstrap interval over seeds.
+
+    df has one row per (cell, seed), e.g. one student per temperature and seed. The point
+    estimate correlates the seed-averaged x and y across cells. Each bootstrap replicate
+    draws, for every cell independently, as many seeds as it has with replacement,
+    averages them, and recomputes the correlation. Returns {"rho", "lo", "hi", "n_cells",
+    "n_seeds"}; with one seed per cell the interval collapses to the point estimate.
+    """
+    _check_columns(df, [x, y, cell, seed_col])
+    n_boot = check_int(n_boot, "n_boot", minimum=1)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    groups = [g[[x, y]].to_numpy(float) for _, g in df.groupby(cell, sort=True)]
+    means = np.array([g.mean(0) for g in groups])
+    rho = spearman(means[:, 0], means[:, 1])
+    rng = np.random.default_rng(rng_seed)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        m = np.array([g[rng.integers(0, len(g), len(g))].mean(0) for g in groups])
+        reps[b] = spearman(m[:, 0], m[:, 1])
+    reps = reps[np.isfinite(reps)]
+    lo, hi = (np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]) if reps.size
+              else (np.nan, np.nan))
+    return {"rho": rho, "lo": float(lo), "hi": float(hi), "n_cells": len(groups),
+            "n_seeds": int(df[seed_col].nunique())}
+
+
+def spearman_table(df: pd.DataFrame, x: str, y: str, by: str = "loss", **kwargs) -> pd.DataFrame:
+    """bootstrap_spearman for each value of `by` (e.g. per loss): one row per group."""
+    _check_columns(df, [by])
+    rows = [{by: key, **bootstrap_spearman(g, x, y, **kwargs)} for key, g in df.groupby(by)]
+    return pd.DataFrame(rows)
+
+
+def fit_line(x, y) -> tuple[float, float]:
+    """Least-squares line y = slope * x + intercept; returns (slope, intercept)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape or x.size < 2:
+        raise ValueError(
+            f"x and y must be 1-D, equal length, >= 2 points; got {x.shape}, {y.shape}")
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+def paper_spearman(table6: pd.DataFrame) -> pd.DataFrame:
+    """Spearman (in percent, as printed) of teacher ECE vs KD and DIST accuracy per pair,
+    computed from the paper's Table 6 rows (all temperatures)."""
+    _check_columns(table6, ["teacher", "student", "teacher_ece", "kd_accuracy", "dist_accuracy"])
+    rows = []
+    for (t, s), g in table6.groupby(["teacher", "student"], sort=False):
+        rows.append({"teacher": t, "student": s,
+                     "spearman_kd_ece": 100 * spearman(g["teacher_ece"], g["kd_accuracy"]),
+                     "spearman_dist_ece": 100 * spearman(g["teacher_ece"], g["dist_accuracy"])})
+    return pd.DataFrame(rows)

@@ -1,0 +1,311 @@
+"""Train many copies of one architecture at once (torch.func: stacked state + vmap).
+
+Two uses:
+  * `distill_stacked`: the students of a temperature sweep that share a teacher. They see
+    the same batches; the teacher runs once per batch; each student keeps its own weights,
+    optimizer state, BatchNorm statistics, temperature and loss.
+  * `train_stacked`: independent runs (e.g. 5 seeds of an MLP on the GMM task), each with
+    its own initialization and its own minibatch order, in one vectorized step.
+
+Each member behaves as the same model trained alone by `kdlib.train` with the same seeds:
+the batches are drawn from the same generators in the same order, SGD with momentum and
+weight decay is elementwise (one optimizer over stacked tensors = K optimizers), and the
+losses of the members are summed so their gradients do not mix.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
+
+from kdlib._validate import check_int, check_positive
+from kdlib.devices import autocast, resolve_device
+from kdlib.distillers import full_precision, make_distiller
+from kdlib.recipe import Recipe
+from kdlib.train import (
+    as_device_data,
+    check_classes,
+    classification_metrics,
+    distillation_metrics,
+    predict_logits,
+)
+
+
+class StackedModels:
+    """K models of one architecture as stacked parameter/buffer tensors (leading dim K).
+
+    forward(x): x shared by all members (B x ...) or per member (K x B x ...) ->
+    K x B x C logits.
+    """
+
+    def __init__(self, models):
+        models = list(models)
+        if not models:
+            raise ValueError("need at least one model to stack")
+        shapes = [{n: tuple(t.shape) for n, t in m.state_dict().items()} for m in models]
+        if any(type(m) is not type(models[0]) or sh != shapes[0]
+               for m, sh in zip(models, shapes)):
+            raise ValueError("stacked models must share one architecture (same class, same "
+                             "parameter names and shapes)")
+        self.k = len(models)
+        params, buffers = stack_module_state(models)
+        self.params = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+        self.buffers = {n: b.detach().clone() for n, b in buffers.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.training = True
+
+    def to(self, device):
+        self.params = {n: p.detach().to(device).requires_grad_(True)
+                       for n, p in self.params.items()}
+        self.buffers = {n: b.to(device) for n, b in self.buffers.items()}
+        return self
+
+    def parameters(self):
+        return list(self.params.values())
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.base.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def __call__(self, x, per_member: bool = False):
+        def one(p, b, xi):
+            return functional_call(self.base, (p, b), (xi,))
+
+        in_x = 0 if per_member else None
+        return vmap(one, in_dims=(0, 0, in_x), randomness="different")(
+            self.params, self.buffers, x)
+
+    def unstack(self, like: torch.nn.Module) -> list[torch.nn.Module]:
+        """K independent modules (copies of `like`) holding the members' weights (CPU)."""
+        out = []
+        for i in range(self.k):
+            m = copy.deepcopy(like).cpu()
+            state = {n: p[i].detach().cpu() for n, p in self.params.items()}
+            state.update({n: b[i].detach().cpu() for n, b in self.buffers.items()})
+            m.load_state_dict(state)
+            out.append(m)
+        return out
+
+
+def _sgd(stack: StackedModels, recipe: Recipe):
+    opt = torch.optim.SGD(stack.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
+
+
+@torch.no_grad()
+def _stacked_test_logits(stack: StackedModels, dd, device, batch_size=1024) -> torch.Tensor:
+    stack.eval()
+    out = []
+    for b in dd.test_batches(batch_size):
+        with autocast(device):
+            out.append(stack(b.x).float())
+    stack.train()
+    return torch.cat(out, dim=1).cpu()  # K x N x C
+
+
+def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int = 0,
+                    device="auto", progress: bool = True, eval_every: int = 0,
+                    step_callback=None) -> list[dict]:
+    """Distil one teacher into K students at once, all on the same batches.
+
+    specs: one dict per student with "loss" ("kd", "dist" or a callable), "temperature" > 0
+    and optionally "alpha" (default 1.0). seed: the shared batch order and augmentation.
+    eval_every: test metrics every that many epochs in the history (0: only at the end).
+    step_callback(step, losses): called with a K-vector of the members' losses per step.
+    Returns one record per student, in the format of `kdlib.train.distill`.
+    """
+    students = list(students)
+    specs = [dict(s) for s in specs]
+    if len(students) != len(specs) or not students:
+        raise ValueError(f"need one spec per student, got {len(students)} students and "
+                         f"{len(specs)} specs")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    seed = check_int(seed, "seed", minimum=0)
+    eval_every = check_int(eval_every, "eval_every", minimum=0)
+    dev = resolve_device(device)
+    dd = as_device_data(data, dev)
+    teacher = teacher.to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    check_classes(teacher, dd, "teacher")
+    for s in students:
+        check_classes(s.to(dev), dd, "student")
+    distillers = []
+    for s in specs:
+        if s.get("loss") == "fitnet":
+            raise ValueError("fitnet is not stackable (its regressor differs per student); "
+                             "use kdlib.train.distill")
+        distillers.append(make_distiller(s.get("loss"), check_positive(
+            s.get("temperature"), "temperature"), s.get("alpha", 1.0)))
+
+    stack = StackedModels(students).to(dev)
+    opt, sched = _sgd(stack, recipe)
+    gen = torch.Generator().manual_seed(seed)
+    histories = [[] for _ in students]
+    step = 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(recipe.epochs), desc=f"{len(students)} stacked students",
+               disable=not progress, leave=False)
+    for epoch in bar:
+        stack.train()
+        tot = torch.zeros(stack.k, device=dev)
+        correct = torch.zeros(stack.k, device=dev)
+        seen = 0
+        for batch in dd.train_batches(recipe.batch_size, gen, augment=True):
+            with autocast(dev):
+                with torch.no_grad():
+                    t_logits = teacher(batch.x)
+                s_logits = stack(batch.x)
+                losses = torch.stack([d(s_logits[i], t_logits, batch.y)
+                                      for i, d in enumerate(distillers)])
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+            n = batch.y.shape[0]
+            tot += losses.detach().float() * n
+            correct += (s_logits.detach().argmax(-1) == batch.y).sum(1)
+            seen += n
+            if step_callback is not None:
+                step_callback(step, losses.detach().double().cpu())
+            step += 1
+        sched.step()
+        test = None
+        if eval_every and (epoch + 1) % eval_every == 0:
+            logits = _stacked_test_logits(stack, dd, dev)
+            test = [classification_metrics(logits[i], dd.test_y.cpu()) for i in range(stack.k)]
+        for i, h in enumerate(histories):
+            row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
+                   "train_loss": float(tot[i]) / seen, "train_accuracy": float(correct[i]) / seen}
+            if test is not None:
+                row.update({f"test_{k}": v for k, v in test[i].items()})
+            h.append(row)
+        bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+
+    s_logits = _stacked_test_logits(stack, dd, dev)
+    t_logits = predict_logits(teacher, dd, dev)
+    labels = dd.test_y.cpu()
+    trained = stack.unstack(students[0])
+    for m, s in zip(students, trained):
+        m.load_state_dict(s.state_dict())
+    records = []
+    for i, s in enumerate(specs):
+        loss = s["loss"] if isinstance(s["loss"], str) else getattr(s["loss"], "__name__", "fn")
+        config = {"kind": "distill", "loss": loss, "temperature": float(s["temperature"]),
+                  "alpha": float(s.get("alpha", 1.0)), "recipe": recipe.to_dict(), "seed": seed,
+                  "device": dev.type, "student": type(students[0]).__name__,
+                  "teacher": type(teacher).__name__, "data": dd.dataset.name,
+                  "stacked": stack.k}
+        records.append({"config": config, "history": histories[i],
+                        "metrics": distillation_metrics(s_logits[i], t_logits, labels,
+                                                        float(s["temperature"])),
+                        "metrics_from": "last_epoch", "seconds": seconds / stack.k})
+    return records
+
+
+def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="auto",
+                  progress: bool = True, eval_every: int = 0) -> list[dict]:
+    """Train K independent runs at once; run i uses batch order/augmentation `seeds[i]`.
+
+    targets: None (cross-entropy on labels), one N_train x C probability tensor shared by
+    all runs, or a list of K of them (e.g. the posterior at different temperatures).
+    Member i matches `kdlib.train.train(models[i], data, recipe, seed=seeds[i], ...)`.
+    Returns one record per run, in the format of `kdlib.train.train`.
+    """
+    from kdlib.losses import soft_cross_entropy
+
+    models = list(models)
+    seeds = [check_int(s, "seed", minimum=0) for s in seeds]
+    if len(models) != len(seeds) or not models:
+        raise ValueError(f"need one seed per model, got {len(models)} models and "
+                         f"{len(seeds)} seeds")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    dev = resolve_device(device)
+    dd = as_device_data(data, dev)
+    for m in models:
+        check_classes(m.to(dev), dd, "model")
+    k = len(models)
+    if targets is not None:
+        if not isinstance(targets, (list, tuple)):
+            targets = [targets] * k
+        if len(targets) != k:
+            raise ValueError(f"targets: need one tensor per model ({k}), got {len(targets)}")
+        targets = [torch.as_tensor(t, dtype=torch.float32) for t in targets]
+        for t in targets:
+            if tuple(t.shape) != (dd.num_train, dd.num_classes):
+                raise ValueError(f"targets must be N_train x C = ({dd.num_train}, "
+                                 f"{dd.num_classes}), got {tuple(t.shape)}")
+        targets = torch.stack(targets).to(dev)  # K x N x C
+
+    stack = StackedModels(models).to(dev)
+    opt, sched = _sgd(stack, recipe)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    histories = [[] for _ in models]
+    t0 = time.perf_counter()
+    bar = tqdm(range(recipe.epochs), desc=f"{k} stacked runs", disable=not progress, leave=False)
+    for epoch in bar:
+        stack.train()
+        tot = torch.zeros(k, device=dev)
+        correct = torch.zeros(k, device=dev)
+        seen = 0
+        iters = [dd.train_batches(recipe.batch_size, g, augment=True) for g in gens]
+        for batches in zip(*iters):
+            x = torch.stack([b.x for b in batches])
+            y = torch.stack([b.y for b in batches])
+            with autocast(dev):
+                logits = full_precision(stack(x, per_member=True))  # K x B x C
+                if targets is None:
+                    per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                    losses = per.view(k, -1).mean(1)
+                else:
+                    idx = torch.stack([b.idx for b in batches])
+                    q = torch.gather(targets, 1, idx.unsqueeze(-1).expand(-1, -1,
+                                                                           targets.shape[-1]))
+                    losses = torch.stack([soft_cross_entropy(logits[i], q[i]) for i in range(k)])
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+            n = y.shape[1]
+            tot += losses.detach() * n
+            correct += (logits.detach().argmax(-1) == y).sum(1)
+            seen += n
+        sched.step()
+        test = None
+        if eval_every and (epoch + 1) % eval_every == 0:
+            lg = _stacked_test_logits(stack, dd, dev)
+            test = [classification_metrics(lg[i], dd.test_y.cpu()) for i in range(k)]
+        for i, h in enumerate(histories):
+            row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
+                   "train_loss": float(tot[i]) / seen, "train_accuracy": float(correct[i]) / seen}
+            if test is not None:
+                row.update({f"test_{key}": v for key, v in test[i].items()})
+            h.append(row)
+        bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    logits = _stacked_test_logits(stack, dd, dev)
+    for m, s in zip(models, stack.unstack(models[0])):
+        m.load_state_dict(s.state_dict())
+    records = []
+    for i in range(k):
+        config = {"kind": "train", "recipe": recipe.to_dict(), "seed": seeds[i],
+                  "targets": "labels" if targets is None else "soft", "device": dev.type,
+                  "model": type(models[0]).__name__, "data": dd.dataset.name,
+                  "stacked": k}
+        records.append({"config": config, "history": histories[i],
+                        "metrics": classification_metrics(logits[i], dd.test_y.cpu()),
+                        "metrics_from": "last_epoch", "seconds": seconds / k})
+    return records
