@@ -229,3 +229,55 @@ class FitNetHint(nn.Module):
                 f"got {s.shape[0]} and {t.shape[0]}"
             )
         return F.mse_loss(self.regress(s), t.detach().to(s.dtype))
+
+
+# ----------------------------------------------------------------------------- stacked
+def _pearson_last(a: torch.Tensor, b: torch.Tensor, eps: float = DIST_EPS) -> torch.Tensor:
+    """pearson_rows along the last dimension of same-shape tensors of any rank."""
+    a_c = a - a.mean(dim=-1, keepdim=True)
+    b_c = b - b.mean(dim=-1, keepdim=True)
+    return (a_c * b_c).sum(dim=-1) / (a_c.norm(dim=-1) * b_c.norm(dim=-1) + eps)
+
+
+def stacked_kd_dist(student_logits, teacher_logits, temperatures, is_dist, alphas, labels,
+                    beta: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
+    """The losses of K students at once (one stacked step), each KD or DIST at its own tau.
+
+    student_logits: K x B x C; teacher_logits: B x C (shared) or K x B x C; temperatures,
+    alphas: K-vectors (tau > 0, alpha in [0, 1]); is_dist: K booleans (False = KD);
+    labels: B class indices. Returns the K-vector
+        alpha_k * term_k + (1 - alpha_k) * CE_k,
+    where term_k is `kd_loss` or `dist_loss` at tau_k: the same values the per-student
+    functions give, computed in a handful of batched ops.
+    """
+    s = _check_floating(student_logits, "student_logits")
+    if s.dim() != 3:
+        raise ValueError(f"student_logits must be K x B x C, got shape {tuple(s.shape)}")
+    t = _check_floating(teacher_logits, "teacher_logits")
+    if t.dim() == 2:
+        t = t.unsqueeze(0).expand_as(s)
+    if t.shape != s.shape:
+        raise ValueError(f"teacher_logits must be B x C or K x B x C matching the students "
+                         f"{tuple(s.shape)}, got {tuple(teacher_logits.shape)}")
+    k = s.shape[0]
+    tau = torch.as_tensor(temperatures, dtype=s.dtype, device=s.device).reshape(-1)
+    alpha = torch.as_tensor(alphas, dtype=s.dtype, device=s.device).reshape(-1)
+    dist_mask = torch.as_tensor(is_dist, dtype=torch.bool, device=s.device).reshape(-1)
+    if not (len(tau) == len(alpha) == len(dist_mask) == k):
+        raise ValueError(f"temperatures, alphas and is_dist need {k} entries each")
+    if not bool((tau > 0).all()):
+        raise ValueError("temperatures must all be > 0")
+    tau3 = tau.view(k, 1, 1)
+    log_ps = F.log_softmax(s / tau3, dim=-1)
+    log_pt = F.log_softmax(t / tau3, dim=-1)
+    pt = log_pt.exp()
+    batch = s.shape[1]
+    kd = (pt * (log_pt - log_ps)).sum(dim=(1, 2)) / batch
+    ps = log_ps.exp()
+    inter = 1.0 - _pearson_last(ps, pt).mean(dim=1)
+    intra = 1.0 - _pearson_last(ps.transpose(1, 2), pt.transpose(1, 2)).mean(dim=1)
+    dist = beta * inter + gamma * intra
+    term = torch.where(dist_mask, dist, kd) * tau**2
+    ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), labels.repeat(k),
+                         reduction="none").view(k, -1).mean(dim=1)
+    return alpha * term + (1.0 - alpha) * ce

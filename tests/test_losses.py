@@ -438,3 +438,27 @@ def test_fitnet_validation():
     vec = FitNetHint((5,), (3,))
     with pytest.raises(ValueError, match="teacher_feat"):
         vec(torch.zeros(2, 5), torch.zeros(2, 4))
+
+
+def test_stacked_kd_dist_equals_per_student_losses():
+    import torch.nn.functional as F
+
+    from kdlib.losses import dist_loss, kd_loss, stacked_kd_dist
+
+    g = torch.Generator().manual_seed(0)
+    k, b, c = 5, 7, 4
+    s = torch.randn(k, b, c, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(b, c, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, c, (b,), generator=g)
+    taus = [1.0, 2.0, 4.0, 1.5, 8.0]
+    dist = [False, True, False, True, True]
+    alphas = [1.0, 1.0, 0.5, 0.25, 0.0]
+    got = stacked_kd_dist(s, t, taus, dist, alphas, y)
+    for i in range(k):
+        term = (dist_loss if dist[i] else kd_loss)(s[i], t, taus[i])
+        want = alphas[i] * term + (1 - alphas[i]) * F.cross_entropy(s[i], y)
+        assert float(got[i]) == pytest.approx(float(want), rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError, match="K x B x C"):
+        stacked_kd_dist(s[0], t, taus, dist, alphas, y)
+    with pytest.raises(ValueError, match="> 0"):
+        stacked_kd_dist(s, t, [0.0] * k, dist, alphas, y)
