@@ -25,6 +25,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check kdlib tests benchmarks notebooks
 	$(PY) -m pytest -q
+	rm -rf runs/smoke
 	$(PY) -m kdlib report --scale smoke --out $(OUT)/smoke
 
 report: $(STAMP)
