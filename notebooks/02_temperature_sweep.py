@@ -123,12 +123,7 @@ else:
 # ## Headline figures
 
 # %%
-heads = {}
-for _, r in corr.iterrows():
-    short = r["pair"].split()[0]
-    heads[f"spearman {r['loss']} {short} (%)"] = round(float(r["rho"]), 1)
-report.headline(**heads)
-corr
+report.headline(**ts.headlines(sweep_df, corr))
 
 # %% [markdown]
 # ## Reading the result

@@ -76,6 +76,12 @@ def test_summary_and_correlations_on_known_values():
     # i*7 % 3 -> 0, 1, 2, 0 ; ECE ranks 2, 1, 3, 4 ; acc ranks 1.5, 3, 4, 1.5
     assert corr.loc["dist", "rho"] == pytest.approx(
         100 * np.corrcoef([2, 1, 3, 4], [1.5, 3, 4, 1.5])[0, 1])
+    heads = ts.headlines(df, ts.correlations(df, n_boot=10))
+    assert heads["spearman kd p (%)"] == -100.0
+    # dist: 90 + mean(0, .1, .2, 0) = 90.075; kd: 90 - 26.25/10 + 0.1 (mean seed) = 87.475
+    assert ts.headlines(df, corr.iloc[:0]) == {
+        "mean dist accuracy (%)": pytest.approx(90.075, abs=0.006),
+        "mean kd accuracy (%)": pytest.approx(87.475, abs=0.006)}
     spread = ts.seed_spread_vs_effect(df).set_index("loss")
     assert spread.loc["kd", "effect_range"] == pytest.approx(5.5)  # 0.05..0.60 ECE / 10
     assert spread.loc["kd", "best_tau"] == 2.0 and spread.loc["kd", "worst_tau"] == 8.0

@@ -314,6 +314,17 @@ def seed_spread_vs_effect(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def headlines(df: pd.DataFrame, corr: pd.DataFrame) -> dict:
+    """The report's headline figures: Spearman per pair and loss (percent, one decimal), or
+    the mean student accuracy per loss when too few temperatures ran for a correlation."""
+    heads = {f"spearman {r['loss']} {r['pair'].split()[0]} (%)": round(float(r["rho"]), 1)
+             for _, r in corr.iterrows()}
+    if not heads:
+        heads = {f"mean {loss} accuracy (%)": round(100 * float(g["accuracy"].mean()), 2)
+                 for loss, g in df.groupby("loss")}
+    return heads
+
+
 def paper_comparison() -> pd.DataFrame:
     """The paper's Table 6/9 Spearman values (percent) and ours recomputed from Table 6."""
     printed = paper_table("table6_9_spearman")
