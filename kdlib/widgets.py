@@ -1,0 +1,190 @@
+"""Interactive explorers (ipywidgets) built on cached results; nothing here runs a model.
+
+    explorer = CalibrationExplorer({"resnet20": (test_logits, test_labels), ...})
+    explorer.widget()          # the last expression of a notebook cell shows it
+
+`CalibrationExplorer.state(...)` is the pure computation behind the view (tested without a
+display); `widget()` builds ipywidgets controls whose callbacks only recompute from the
+cached logits and redraw a PNG into an Image widget (no frontend or ipympl needed).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+
+import numpy as np
+import torch
+
+from kdlib._validate import as_tensor, check_choice, check_int, check_positive
+from kdlib.experiments.calibration_explorer import (
+    BINNINGS,
+    ECE_BINS,
+    ece_curve,
+    metrics_at_temperature,
+    temperature_grid,
+)
+
+T_MIN, T_MAX = 0.25, 10.0
+BINS_MIN, BINS_MAX = 5, 50
+
+
+class CalibrationExplorer:
+    """Reliability diagram and metrics of several teachers at any temperature.
+
+    teachers: {name: (logits N x C, labels N)} (numpy arrays, tensors or lists); the logits
+        are kept on the CPU as float32 and never recomputed.
+    temperatures: the grid of the ECE-vs-temperature curves (default: 61 log-spaced values in
+        [0.25, 10] plus 1.0). n_bins, binning: the initial view.
+
+    The equal-width ECE curve of every teacher at `n_bins` is computed once here
+    (`calibration.ece_vs_temperature`); curves for other bin settings are computed on first
+    use and cached.
+    """
+
+    def __init__(self, teachers: dict, *, temperatures=None, n_bins: int = ECE_BINS,
+                 binning: str = "equal_width"):
+        if not isinstance(teachers, dict) or not teachers:
+            raise ValueError("teachers must be a non-empty dict {name: (logits, labels)}")
+        self.teachers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, pair in teachers.items():
+            if not isinstance(name, str):
+                raise TypeError(f"teacher names must be strings, got {name!r}")
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"teachers[{name!r}] must be a (logits, labels) pair")
+            z = as_tensor(pair[0], f"teachers[{name!r}] logits").detach().cpu().float()
+            y = as_tensor(pair[1], f"teachers[{name!r}] labels").detach().cpu()
+            if z.ndim != 2 or y.ndim != 1 or z.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"teachers[{name!r}] needs logits N x C and labels N, got shapes "
+                    f"{tuple(z.shape)} and {tuple(y.shape)}"
+                )
+            self.teachers[name] = (z, y.long())
+        grid = temperature_grid(T_MIN, T_MAX, 61) if temperatures is None else temperatures
+        self.temperatures = np.asarray(
+            [check_positive(t, "temperature") for t in np.asarray(grid).tolist()],
+            dtype=np.float64)
+        self.default_bins = check_int(n_bins, "n_bins", minimum=1)
+        self.default_binning = check_choice(binning, "binning", BINNINGS)
+        self._curves: dict[tuple[str, int, str], np.ndarray] = {}
+        for name in self.teachers:
+            self.curve(name, self.default_bins, "equal_width")
+        self._widgets: dict = {}
+        self.last_state: dict | None = None
+
+    # ------------------------------------------------------------------ computation
+
+    def _check_teacher(self, teacher) -> str:
+        if teacher not in self.teachers:
+            raise ValueError(f"unknown teacher {teacher!r}; choose one of {list(self.teachers)}")
+        return teacher
+
+    def curve(self, teacher: str, n_bins: int, binning: str) -> np.ndarray:
+        """ECE (fractions) on `self.temperatures` for a teacher and bin setting (cached)."""
+        teacher = self._check_teacher(teacher)
+        n_bins = check_int(n_bins, "n_bins", minimum=1)
+        binning = check_choice(binning, "binning", BINNINGS)
+        key = (teacher, n_bins, binning)
+        if key not in self._curves:
+            z, y = self.teachers[teacher]
+            self._curves[key] = ece_curve(z, y, self.temperatures, n_bins, binning)
+        return self._curves[key]
+
+    def state(self, teacher: str, temperature: float, n_bins: int,
+              binning: str = "equal_width") -> dict:
+        """Everything the view shows, from the cached logits only.
+
+        Returns {"teacher", "temperature", "n_bins", "binning", "accuracy", "ece", "mce",
+        "nll", "brier" (floats; ECE/MCE fractions, NLL nats), "bins" (BinnedCalibration),
+        "temperatures", "ece_curve" (the curve for this bin setting)}.
+        """
+        teacher = self._check_teacher(teacher)
+        temperature = check_positive(temperature, "temperature")
+        n_bins = check_int(n_bins, "n_bins", minimum=1)
+        binning = check_choice(binning, "binning", BINNINGS)
+        z, y = self.teachers[teacher]
+        metrics = metrics_at_temperature(z, y, temperature, n_bins, binning)
+        return {"teacher": teacher, "temperature": temperature, "n_bins": n_bins,
+                "binning": binning, **metrics, "temperatures": self.temperatures,
+                "ece_curve": self.curve(teacher, n_bins, binning)}
+
+    @staticmethod
+    def readout(state: dict) -> str:
+        """One line of text with the state's metrics (percent for ECE, MCE, accuracy)."""
+        return (f"{state['teacher']} | T = {state['temperature']:.3g} | "
+                f"{state['n_bins']} {state['binning'].replace('_', '-')} bins | "
+                f"acc {100 * state['accuracy']:.2f}% | ECE {100 * state['ece']:.2f}% | "
+                f"MCE {100 * state['mce']:.2f}% | NLL {state['nll']:.4f} | "
+                f"Brier {state['brier']:.4f}")
+
+    @staticmethod
+    def figure(state: dict):
+        """The view of a state as a matplotlib Figure."""
+        from kdlib.plots.calibration import explorer_figure
+
+        annotation = (f"ECE {100 * state['ece']:5.2f}%\nMCE {100 * state['mce']:5.2f}%\n"
+                      f"NLL {state['nll']:.3f}")
+        return explorer_figure(
+            state["bins"], state["temperatures"], state["ece_curve"],
+            marker=(state["temperature"], state["ece"]),
+            title=f"{state['teacher']}, T = {state['temperature']:.3g}",
+            annotation=annotation)
+
+    @classmethod
+    def render_png(cls, state: dict, dpi: int = 80) -> bytes:
+        """PNG bytes of `figure(state)`."""
+        fig = cls.figure(state)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        return buf.getvalue()
+
+    # ------------------------------------------------------------------ widgets
+
+    def widget(self):
+        """Build (once) and return the ipywidgets box: teacher Dropdown, log-scale temperature
+        slider, bins slider, binning toggle, readout and the rendered view."""
+        if "box" in self._widgets:
+            return self._widgets["box"]
+        import ipywidgets as w
+
+        controls = {
+            "teacher": w.Dropdown(options=list(self.teachers), description="teacher"),
+            "temperature": w.FloatLogSlider(value=1.0, base=10, min=np.log10(T_MIN),
+                                            max=np.log10(T_MAX), step=0.01,
+                                            description="T", readout_format=".3g",
+                                            continuous_update=False),
+            "n_bins": w.IntSlider(value=min(max(self.default_bins, BINS_MIN), BINS_MAX),
+                                  min=BINS_MIN, max=BINS_MAX, description="bins",
+                                  continuous_update=False),
+            "binning": w.ToggleButtons(options=[("equal width", "equal_width"),
+                                                ("equal mass", "equal_mass")],
+                                       value=self.default_binning, description="binning"),
+        }
+        readout = w.HTML()
+        image = w.Image(format="png")
+        for control in controls.values():
+            control.observe(lambda _change: self.update(), names="value")
+        self._widgets = {**controls, "readout": readout, "image": image}
+        self._widgets["box"] = w.VBox([
+            w.HBox([controls["teacher"], controls["binning"]]),
+            w.HBox([controls["temperature"], controls["n_bins"]]),
+            readout, image,
+        ])
+        self.update()
+        return self._widgets["box"]
+
+    @property
+    def controls(self) -> dict:
+        """The widgets by name (teacher, temperature, n_bins, binning, readout, image, box);
+        empty until widget() is called."""
+        return dict(self._widgets)
+
+    def update(self) -> dict:
+        """Recompute the state from the controls' values and refresh readout and image."""
+        wd = self._widgets
+        state = self.state(wd["teacher"].value, wd["temperature"].value, wd["n_bins"].value,
+                           wd["binning"].value)
+        wd["readout"].value = f"<code>{html.escape(self.readout(state))}</code>"
+        wd["image"].value = self.render_png(state)
+        self.last_state = state
+        return state

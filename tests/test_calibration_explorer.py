@@ -1,0 +1,273 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kdlib import calibration, presets
+from kdlib.experiments import calibration_explorer as ce
+from kdlib.recipe import Recipe
+
+# Four samples, two classes: confidences 0.6, 0.7, 0.8, 0.9 (class 0 predicted everywhere).
+PROBS4 = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2], [0.9, 0.1]], dtype=torch.float64)
+
+
+def random_logits(n=300, c=5, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    z = scale * torch.randn(n, c, generator=g)
+    y = torch.where(torch.rand(n, generator=g) < 0.7, z.argmax(1), torch.randint(0, c, (n,),
+                                                                                 generator=g))
+    return z, y
+
+
+# ----------------------------------------------------------------- presets
+
+
+def test_presets_cover_all_scales_with_buildable_teachers():
+    for scale in presets.SCALES:
+        cfg = presets.get(ce.NAME, scale)
+        names = [t["name"] for t in cfg["teachers"]]
+        assert len(names) == len(set(names)) >= 2
+        assert cfg["headline_teacher"] in names
+        lo, hi = cfg["temperature_range"]
+        assert 0 < lo < 1 < hi
+        for t in cfg["teachers"]:
+            assert isinstance(ce.make_recipe(t["recipe"], t["arch"]), Recipe)
+        assert len(ce.grid(cfg)) == len(names)
+    smoke, default, paper = (presets.get(ce.NAME, s) for s in presets.SCALES)
+    assert smoke["data"]["name"] == default["data"]["name"] == "digits"
+    assert max(ce.make_recipe(t["recipe"]).epochs for t in smoke["teachers"]) <= 2
+    assert paper["data"]["name"] == "cifar100"
+    assert [t["arch"] for t in paper["teachers"]] == ["resnet56", "resnet110", "wrn_28_1"]
+    assert all(ce.make_recipe(t["recipe"]) == Recipe.preset("paper") for t in paper["teachers"])
+
+
+def test_teacher_data_keeps_the_test_split():
+    cfg = {"data": {"name": "digits", "seed": 0, "subset_test": 100}}
+    assert ce.teacher_data(cfg, {"name": "a"}) == cfg["data"]
+    assert ce.teacher_data(cfg, {"name": "a", "subset_train": 250}) == {
+        "name": "digits", "seed": 0, "subset_test": 100, "subset_train": 250}
+    assert "subset_train" not in cfg["data"]  # not modified in place
+    with pytest.raises(ValueError, match="subset_train"):
+        ce.teacher_data(cfg, {"name": "a", "subset_train": 0})
+    default = presets.get(ce.NAME, "default")
+    cells = ce.grid(default)
+    assert [c["data"].get("subset_train") for c in cells] == [None, None, 250]
+    assert all(c["data"]["name"] == "digits" and "subset_test" not in c["data"] for c in cells)
+
+
+def test_make_recipe_forms():
+    assert ce.make_recipe("default") == Recipe.preset("default")
+    r = ce.make_recipe({"preset": "default", "epochs": 2, "milestones": []})
+    assert (r.epochs, r.milestones, r.lr) == (2, (), 0.05)
+    r = ce.make_recipe({"epochs": 5, "lr": 0.1, "milestones": [3]})
+    assert (r.epochs, r.lr, r.milestones, r.batch_size) == (5, 0.1, (3,), 64)
+    assert ce.make_recipe("paper", arch="mobilenetv2").lr == 0.01
+    with pytest.raises(TypeError, match="preset name or a dict"):
+        ce.make_recipe(3)
+    with pytest.raises(ValueError, match="milestones"):
+        ce.make_recipe({"preset": "default", "epochs": 5})  # default milestones exceed 5
+
+
+def test_temperature_grid():
+    g = ce.temperature_grid(0.25, 10.0, 5)
+    assert g.shape == (6,) and np.all(np.diff(g) > 0)
+    assert g[0] == pytest.approx(0.25) and g[-1] == pytest.approx(10.0)
+    assert 1.0 in g
+    np.testing.assert_allclose(np.delete(g, np.flatnonzero(g == 1.0)),
+                               0.25 * 40.0 ** (np.arange(5) / 4))
+    assert ce.temperature_grid(2.0, 4.0, 3).tolist() == pytest.approx([2.0, 2 * 2**0.5, 4.0])
+    with pytest.raises(ValueError, match="t_min must be < t_max"):
+        ce.temperature_grid(2.0, 1.0)
+    with pytest.raises(ValueError):
+        ce.temperature_grid(0.0, 1.0)
+    with pytest.raises(ValueError):
+        ce.temperature_grid(0.5, 1.0, 1)
+
+
+# ----------------------------------------------------------------- binning
+
+
+def test_equal_mass_bins_hand_computed():
+    labels = torch.tensor([1, 1, 0, 0])  # the two least confident are wrong
+    b = ce.binned_calibration(PROBS4, labels, n_bins=2, binning="equal_mass")
+    assert b.count.tolist() == [2, 2]
+    np.testing.assert_allclose(b.confidence, [0.65, 0.85])
+    np.testing.assert_allclose(b.accuracy, [0.0, 1.0])
+    np.testing.assert_allclose(b.edges, [0.6, 0.75, 0.9])
+    assert b.ece == pytest.approx(0.5 * 0.65 + 0.5 * 0.15)
+    assert b.mce == pytest.approx(0.65)
+    assert b.ece == pytest.approx(calibration.adaptive_ece(PROBS4, labels, 2))
+
+
+def test_equal_width_bins_hand_computed():
+    labels = torch.tensor([1, 1, 0, 0])
+    b = ce.binned_calibration(PROBS4, labels, n_bins=2, binning="equal_width")
+    # bins (0, .5], (.5, 1]: everything in the second bin, accuracy 1/2, confidence 0.75
+    assert b.count.tolist() == [0, 4]
+    assert math.isnan(b.accuracy[0]) and b.accuracy[1] == pytest.approx(0.5)
+    assert b.ece == pytest.approx(0.25) and b.mce == pytest.approx(0.25)
+    np.testing.assert_allclose(b.edges, [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("n, n_bins", [(300, 15), (301, 7), (6, 10)])
+def test_binned_calibration_agrees_with_kdlib_calibration(n, n_bins):
+    z, y = random_logits(n=n, seed=n)
+    z[: n // 3] = z[: n // 3].round()  # ties in confidence
+    p = torch.softmax(z, 1)
+    w = ce.binned_calibration(p, y, n_bins, "equal_width")
+    assert w.ece == pytest.approx(calibration.ece(p, y, n_bins), abs=1e-12)
+    assert w.mce == pytest.approx(calibration.mce(p, y, n_bins), abs=1e-12)
+    m = ce.binned_calibration(p, y, n_bins, "equal_mass")
+    assert m.ece == pytest.approx(calibration.adaptive_ece(p, y, n_bins), abs=1e-12)
+    assert m.count.sum() == n and m.count.max() - m.count[m.count > 0].min() <= 1
+    conf = p.max(1).values.double()
+    assert np.all(np.diff(m.edges) >= 0)
+    assert m.edges[0] == float(conf.min()) and m.edges[-1] == float(conf.max())
+    full = m.count > 0
+    assert np.all(m.edges[:-1][full] <= m.confidence[full] + 1e-12)
+    assert np.all(m.confidence[full] <= m.edges[1:][full] + 1e-12)
+
+
+def test_binned_calibration_validates():
+    with pytest.raises(ValueError, match="binning"):
+        ce.binned_calibration(PROBS4, [0, 0, 0, 0], 2, "quantile")
+    with pytest.raises(ValueError, match="sum to 1"):
+        ce.binned_calibration(PROBS4 * 2, [0, 0, 0, 0], 2, "equal_mass")
+    with pytest.raises(ValueError, match="labels"):
+        ce.binned_calibration(PROBS4, [0, 0, 0, 2], 2, "equal_mass")
+    with pytest.raises(ValueError, match="n_bins"):
+        ce.binned_calibration(PROBS4, [0, 0, 0, 0], 0)
+
+
+# ----------------------------------------------------------------- metrics
+
+
+def test_metrics_at_temperature_closed_form():
+    # logits (log 3, 0) at T = 1: p = (3/4, 1/4); at T = 2: p = (sqrt3, 1)/(sqrt3 + 1)
+    z = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0]])
+    y = torch.tensor([0, 1])
+    m = ce.metrics_at_temperature(z, y, 1.0, n_bins=4)
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["nll"] == pytest.approx(-(math.log(0.75) + math.log(0.25)) / 2, rel=1e-6)
+    assert m["brier"] == pytest.approx((2 * 0.25**2 + 2 * 0.75**2) / 2, rel=1e-6)
+    assert m["ece"] == pytest.approx(0.25, rel=1e-6) and m["mce"] == pytest.approx(0.25, rel=1e-6)
+    p0 = math.sqrt(3) / (math.sqrt(3) + 1)
+    m2 = ce.metrics_at_temperature(z, y, 2.0, n_bins=4)
+    assert m2["accuracy"] == pytest.approx(0.5)
+    assert m2["ece"] == pytest.approx(p0 - 0.5, rel=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        ce.metrics_at_temperature(z, y, 0.0)
+
+
+def test_ece_curves_match_pointwise_metrics():
+    z, y = random_logits()
+    temps = [0.5, 1.0, 3.0]
+    for binning, metric in (("equal_width", calibration.ece),
+                            ("equal_mass", calibration.adaptive_ece)):
+        curve = ce.ece_curve(z, y, temps, 10, binning)
+        expected = [metric(calibration.tempered_softmax(z, t), y, 10) for t in temps]
+        np.testing.assert_allclose(curve, expected, atol=1e-12)
+        pointwise = [ce.metrics_at_temperature(z, y, t, 10, binning)["ece"] for t in temps]
+        np.testing.assert_allclose(curve, pointwise, atol=1e-9)
+    with pytest.raises(ValueError, match="empty"):
+        ce.adaptive_ece_vs_temperature(z, y, [])
+
+
+def test_cross_fitted_ece():
+    # constant logits: T cannot matter (fit gives 1.0); every sample has confidence 1/2 and
+    # is right, so each held-out half has ECE 1/2.
+    z = torch.zeros(10, 2)
+    y = torch.zeros(10, dtype=torch.int64)
+    out = ce.cross_fitted_ece(z, y, n_bins=4)
+    assert out["ece"] == pytest.approx(0.5) and out["temperatures"] == [1.0, 1.0]
+    # the two halves of a seeded permutation, T from one half, ECE on the other
+    z, y = random_logits(n=101, seed=3)
+    out = ce.cross_fitted_ece(z, y, n_bins=10, seed=5)
+    perm = torch.randperm(101, generator=torch.Generator().manual_seed(5))
+    a, b = perm[:50], perm[50:]
+    ta, tb = calibration.fit_temperature(z[a], y[a]), calibration.fit_temperature(z[b], y[b])
+    expected = (51 * calibration.ece(calibration.tempered_softmax(z[b], ta), y[b], 10)
+                + 50 * calibration.ece(calibration.tempered_softmax(z[a], tb), y[a], 10)) / 101
+    assert out["temperatures"] == pytest.approx([ta, tb])
+    assert out["ece"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="at least 2"):
+        ce.cross_fitted_ece(z[:1], y[:1])
+
+
+def test_calibration_summary():
+    z, y = random_logits(seed=1, scale=6.0)  # over-confident: fitted T > 1
+    temps = ce.temperature_grid(0.25, 10.0, 21)
+    s = ce.calibration_summary(z, y, temps, n_bins=15)
+    p1 = torch.softmax(z, 1)
+    assert s["accuracy"] == pytest.approx(float((z.argmax(1) == y).float().mean()))
+    assert s["ece_t1"] == pytest.approx(calibration.ece(p1, y, 15))
+    assert s["nll_t1"] == pytest.approx(calibration.nll(p1, y), rel=1e-6)
+    assert s["fitted_t"] == pytest.approx(calibration.fit_temperature(z, y))
+    assert s["fitted_t"] > 1.0
+    assert s["nll_fit"] <= min(s["nll_curve"]) + 1e-9  # the NLL minimum over all T
+    assert s["ece_min"] == pytest.approx(min(s["ece_curve"]))
+    assert s["ece_min"] <= s["ece_t1"]  # 1.0 is on the grid
+    assert s["ece_min_t"] == pytest.approx(temps[int(np.argmin(s["ece_curve"]))])
+    assert len(s["ece_curve"]) == len(s["nll_curve"]) == len(temps) == len(s["temperatures"])
+    assert s["n_test"] == 300
+    import json
+    json.dumps(s)  # plain values only (goes into a sweep store)
+
+
+# ----------------------------------------------------------------- tables
+
+
+def test_tables_and_headline():
+    import pandas as pd
+
+    z, y = random_logits(seed=2)
+    logits = {"a": (z, y), "b": (2 * z, y)}
+    t = ce.metrics_table(logits, {"b": 2.0}, n_bins=15, digits=12)
+    assert t.loc["a", "T"] == 1.0 and t.loc["b", "T"] == 2.0
+    assert t.loc["a", "ECE %"] == pytest.approx(100 * calibration.ece(torch.softmax(z, 1), y))
+    assert t.loc["b", "ECE %"] == pytest.approx(t.loc["a", "ECE %"])  # 2z at T=2 is z at T=1
+    cmp = ce.paper_ece_comparison(logits, 15, digits=6)
+    assert cmp.loc[1.0, "paper ResNet56"] == 12.04 and cmp.loc[8.0, "paper ResNet56"] == 61.65
+    assert cmp.loc[1.5, "paper ResNet110"] == 4.7
+    assert list(cmp.columns) == ["paper ResNet56", "paper ResNet110", "paper WRN-28-1", "a", "b"]
+    assert cmp.loc[4.0, "a"] == pytest.approx(
+        100 * calibration.ece(calibration.tempered_softmax(z, 4.0), y), abs=1e-6)
+    frame = pd.DataFrame([{"name": "a", "accuracy": 0.9, "ece_t1": 0.05, "fitted_t": 1.5,
+                           "ece_fit": 0.01, "nll_t1": 0.3}])
+    assert ce.headline_figures(frame, "a") == {
+        "teacher accuracy": 0.9, "ECE at tau=1": 0.05, "fitted T": 1.5, "ECE at fitted T": 0.01}
+    with pytest.raises(ValueError, match="no teacher"):
+        ce.headline_figures(frame, "z")
+    table = ce.summary_table(frame)
+    assert table.loc["a", "acc %"] == 90.0 and table.loc["a", "ECE@1 %"] == 5.0
+    assert table.loc["a", "fitted T"] == 1.5 and table.loc["a", "NLL@1"] == 0.3
+
+
+# ----------------------------------------------------------------- end to end
+
+
+def test_run_smoke_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    cfg = presets.get(ce.NAME, "smoke")
+    cfg["teachers"] = [
+        {"name": "r8 short", "arch": "resnet8",
+         "recipe": {"epochs": 1, "batch_size": 128, "milestones": []}},
+        {"name": "r8 longer", "arch": "resnet8",
+         "recipe": {"epochs": 2, "batch_size": 128, "milestones": []}},
+    ]
+    cfg["data"] = {"name": "digits", "seed": 0, "subset_train": 200, "subset_test": 100}
+    cfg["n_temperatures"] = 5
+    frame = ce.run(cfg, "smoke", progress=False)
+    assert frame["name"].tolist() == ["r8 short", "r8 longer"]
+    assert (tmp_path / "runs" / "smoke" / f"{ce.NAME}.sqlite").is_file()
+    logits = ce.teachers_logits(cfg)  # cache hits: same teachers, same logits
+    for _, row in frame.iterrows():
+        z, y = logits[row["name"]]
+        assert z.shape == (100, 10) and y.shape == (100,)
+        assert row["accuracy"] == pytest.approx(float((z.argmax(1) == y).float().mean()))
+        assert row["ece_t1"] == pytest.approx(calibration.ece(torch.softmax(z, 1), y))
+        assert row["n_test"] == 100 and len(row["ece_curve"]) == 6
+    again = ce.run(cfg, "smoke", progress=False)  # finished cells come from the store
+    assert again["_key"].tolist() == frame["_key"].tolist()
+    assert again["_finished_at"].tolist() == frame["_finished_at"].tolist()

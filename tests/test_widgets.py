@@ -1,0 +1,108 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kdlib import calibration
+from kdlib.widgets import CalibrationExplorer
+
+
+def teachers():
+    g = torch.Generator().manual_seed(0)
+    z = 4.0 * torch.randn(120, 4, generator=g)
+    y = torch.where(torch.rand(120, generator=g) < 0.8, z.argmax(1),
+                    torch.randint(0, 4, (120,), generator=g))
+    return {"sharp": (z, y), "soft": (0.3 * z, y)}
+
+
+TEMPS = [0.5, 1.0, 2.0, 4.0]
+
+
+def test_state_is_pure_and_matches_calibration():
+    ex = CalibrationExplorer(teachers(), temperatures=TEMPS, n_bins=10)
+    z, y = ex.teachers["sharp"]
+    s = ex.state("sharp", 2.0, 10, "equal_width")
+    p = calibration.tempered_softmax(z, 2.0)
+    assert s["ece"] == pytest.approx(calibration.ece(p, y, 10))
+    assert s["mce"] == pytest.approx(calibration.mce(p, y, 10))
+    assert s["nll"] == pytest.approx(calibration.nll(p, y))
+    assert s["brier"] == pytest.approx(calibration.brier_score(p, y))
+    assert s["accuracy"] == pytest.approx(float((z.argmax(1) == y).float().mean()))
+    assert s["bins"].n_bins == 10 and s["bins"].count.sum() == 120
+    # the marker lies on the curve at grid temperatures
+    assert s["ece_curve"][TEMPS.index(2.0)] == pytest.approx(s["ece"])
+    m = ex.state("sharp", 2.0, 7, "equal_mass")
+    assert m["ece"] == pytest.approx(calibration.adaptive_ece(p, y, 7))
+    assert m["ece_curve"][2] == pytest.approx(m["ece"])
+    assert sorted(m["bins"].count.tolist()) == [17] * 6 + [18]
+    # "soft" = sharp logits * 0.3: at T = 0.3 it is the sharp teacher at T = 1
+    a, b = ex.state("soft", 0.3, 10), ex.state("sharp", 1.0, 10)
+    assert a["ece"] == pytest.approx(b["ece"], abs=1e-6)
+    assert ex.state("sharp", 2.0, 10)["ece"] == s["ece"]
+
+
+def test_curves_are_computed_once_and_cached():
+    ex = CalibrationExplorer(teachers(), temperatures=TEMPS, n_bins=15)
+    assert set(ex._curves) == {("sharp", 15, "equal_width"), ("soft", 15, "equal_width")}
+    z, y = ex.teachers["soft"]
+    np.testing.assert_allclose(ex.curve("soft", 15, "equal_width"),
+                               calibration.ece_vs_temperature(z, y, TEMPS, 15))
+    first = ex.curve("soft", 20, "equal_mass")
+    assert ex.curve("soft", 20, "equal_mass") is first
+
+
+def test_readout_text():
+    ex = CalibrationExplorer(teachers(), temperatures=TEMPS)
+    s = {"teacher": "t<1>", "temperature": 1.5, "n_bins": 15, "binning": "equal_mass",
+         "accuracy": 0.9, "ece": 0.0123, "mce": 0.2, "nll": 0.31234, "brier": 0.1}
+    assert ex.readout(s) == ("t<1> | T = 1.5 | 15 equal-mass bins | acc 90.00% | "
+                             "ECE 1.23% | MCE 20.00% | NLL 0.3123 | Brier 0.1000")
+
+
+def test_widget_callbacks_update_readout_and_image():
+    ex = CalibrationExplorer(teachers(), temperatures=TEMPS, n_bins=15)
+    box = ex.widget()
+    assert ex.widget() is box  # built once
+    w = ex.controls
+    assert list(w["teacher"].options) == ["sharp", "soft"]
+    assert (w["temperature"].min, w["temperature"].max) == pytest.approx(
+        (math.log10(0.25), 1.0))
+    assert (w["n_bins"].min, w["n_bins"].max, w["n_bins"].value) == (5, 50, 15)
+    start = w["readout"].value
+    assert "sharp" in start and "T = 1 " in start and w["image"].value[:4] == b"\x89PNG"
+    ece_t1 = ex.last_state["ece"]
+    first_png = w["image"].value
+
+    w["temperature"].value = 2.0
+    assert w["image"].value != first_png and w["image"].value[:4] == b"\x89PNG"
+    assert ex.last_state["temperature"] == pytest.approx(2.0)
+    assert "T = 2 " in w["readout"].value and w["readout"].value != start
+    assert ex.last_state["ece"] != ece_t1
+
+    w["n_bins"].value = 7
+    w["binning"].value = "equal_mass"
+    z, y = ex.teachers["sharp"]
+    expected = calibration.adaptive_ece(calibration.tempered_softmax(z, 2.0), y, 7)
+    assert ex.last_state["ece"] == pytest.approx(expected)
+    assert f"ECE {100 * expected:.2f}%" in w["readout"].value
+    assert "7 equal-mass bins" in w["readout"].value
+
+    w["teacher"].value = "soft"
+    assert ex.last_state["teacher"] == "soft" and "soft" in w["readout"].value
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError, match="non-empty dict"):
+        CalibrationExplorer({})
+    with pytest.raises(TypeError, match="pair"):
+        CalibrationExplorer({"a": torch.zeros(3, 2)})
+    with pytest.raises(ValueError, match="shapes"):
+        CalibrationExplorer({"a": (torch.zeros(3, 2), torch.zeros(4, dtype=torch.int64))})
+    ex = CalibrationExplorer(teachers(), temperatures=TEMPS)
+    with pytest.raises(ValueError, match="unknown teacher"):
+        ex.state("nope", 1.0, 15)
+    with pytest.raises(ValueError, match="temperature"):
+        ex.state("sharp", -1.0, 15)
+    with pytest.raises(ValueError, match="binning"):
+        ex.state("sharp", 1.0, 15, "quantile")
