@@ -1,0 +1,442 @@
+"""ESKD through the lens of calibration (paper section 4.2; Tables 4, 5 and 8).
+
+Two questions about a teacher stopped early:
+  * checkpoints: a teacher saved every few epochs; test accuracy and ECE at tau 1.0 and 1.6
+    per checkpoint, and students distilled (vanilla KD, alpha = 1) from chosen checkpoints
+    vs the final teacher (Table 4);
+  * few-trained: a teacher trained with a short recipe whose lr decays from the middle
+    (paper: 100 epochs, decay from epoch 50) vs the full recipe, at tau 1.6, 3 and 4:
+    teacher accuracy, teacher ECE at tau, student accuracy (Tables 5 and 8).
+
+    cfg = presets.get(NAME, "default")
+    curve, students = run(cfg, "default")     # fractions
+    checkpoint_table(students, cfg["eskd_taus"]); few_vs_full_table(students, cfg["few_taus"])
+
+The students of one teacher (checkpoint) and seed are trained together with
+`distill_stacked`, one per temperature: same initialization (`seed`) and batch order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kdlib import presets
+from kdlib._validate import check_int, check_positive
+from kdlib.experiments.teacher_assistant import paired_difference, recipe_from_spec
+
+NAME = "early_stopped_teacher"
+TRAININGS = ("full", "few")
+
+presets.register(NAME, {
+    "smoke": {
+        "data": {"name": "digits", "seed": 0, "subset_train": 300, "subset_test": 200},
+        "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+        "teacher_seed": 0,
+        "full_recipe": {"epochs": 4, "milestones": [3], "checkpoint_every": 2},
+        "few_recipe": {"epochs": 2, "milestones": [1]},
+        "distill_recipe": {"epochs": 1},
+        "curve_taus": [1.0, 1.6],
+        "checkpoints": [2],
+        "eskd_taus": [1.0, 1.6],
+        "few_taus": [1.6, 4.0],
+        "seeds": [0],
+    },
+    "default": {
+        "data": {"name": "digits", "seed": 0},
+        "pairs": [{"teacher": "wrn_16_2", "student": "wrn_10_1"}],
+        "teacher_seed": 0,
+        # 30 epochs, lr / 10 at 19, 22, 26 (the paper's 150/180/210 of 240), a checkpoint
+        # every 2 epochs; the same teacher as teacher_assistant's (one cache entry)
+        "full_recipe": {"preset": "default", "checkpoint_every": 2},
+        # the paper's few-trained teacher (100 of 240 epochs, decay from the middle), scaled
+        "few_recipe": {"epochs": 12, "milestones": [6, 9, 11]},
+        "distill_recipe": {"epochs": 15, "milestones": [9, 11, 13]},
+        "curve_taus": [1.0, 1.6],
+        # ~ the paper's epochs 140 and 200 of 240; the final teacher (30) is always added
+        "checkpoints": [18, 24],
+        "eskd_taus": [1.0, 1.6],
+        "few_taus": [1.6, 3.0, 4.0],
+        "seeds": [0, 1, 2],
+    },
+    "paper": {
+        "data": {"name": "cifar100", "seed": 0},
+        "pairs": [{"teacher": "wrn_16_3", "student": "wrn_16_1"},
+                  {"teacher": "wrn_28_3", "student": "wrn_28_1"}],
+        "teacher_seed": 0,
+        "full_recipe": "paper",
+        "few_recipe": "few_trained",
+        "distill_recipe": {"preset": "paper", "checkpoint_every": 0},
+        "curve_taus": [1.0, 1.6],
+        "checkpoints": [130, 140, 200],
+        "eskd_taus": [1.0, 1.6],
+        "few_taus": [1.6, 3.0, 4.0],
+        "seeds": [0, 1, 2],
+    },
+})
+
+
+# ------------------------------------------------------------------ grid
+
+
+def _check_cfg(cfg: dict) -> None:
+    need = ["data", "pairs", "teacher_seed", "full_recipe", "few_recipe", "distill_recipe",
+            "curve_taus", "checkpoints", "eskd_taus", "few_taus", "seeds"]
+    missing = [k for k in need if k not in cfg]
+    if missing:
+        raise ValueError(f"config lacks {missing}; get one with presets.get({NAME!r}, scale)")
+    for p in cfg["pairs"]:
+        if not isinstance(p, dict) or set(p) != {"teacher", "student"}:
+            raise ValueError(f"each pair must be {{'teacher': arch, 'student': arch}}, got {p!r}")
+    full = recipe_from_spec(cfg["full_recipe"])
+    if cfg["checkpoints"] and not full.checkpoint_every:
+        raise ValueError("checkpoints need full_recipe with checkpoint_every > 0")
+    for c in cfg["checkpoints"]:
+        c = check_int(c, "checkpoint", minimum=1)
+        if c % max(full.checkpoint_every, 1) or c > full.epochs:
+            raise ValueError(f"checkpoint {c} is not saved by the full recipe (every "
+                             f"{full.checkpoint_every} of {full.epochs} epochs)")
+    if not cfg["seeds"]:
+        raise ValueError("seeds must not be empty")
+
+
+def curve_grid(cfg: dict) -> list[dict]:
+    """One checkpoint_curve cell per teacher of cfg["pairs"] (full recipe)."""
+    _check_cfg(cfg)
+    teachers = list(dict.fromkeys(p["teacher"] for p in cfg["pairs"]))
+    return [{"data": cfg["data"], "teacher": t, "teacher_recipe": cfg["full_recipe"],
+             "teacher_seed": cfg["teacher_seed"], "temperatures": list(cfg["curve_taus"])}
+            for t in teachers]
+
+
+def student_grid(cfg: dict) -> list[dict]:
+    """The distill_from_teacher cells: per pair and seed, the full teacher at each chosen
+    checkpoint (eskd_taus), the final full teacher (eskd_taus and few_taus together) and
+    the final few-trained teacher (few_taus). checkpoint None = the final teacher."""
+    _check_cfg(cfg)
+    eskd = [check_positive(t, "tau") for t in cfg["eskd_taus"]]
+    few = [check_positive(t, "tau") for t in cfg["few_taus"]]
+    jobs = [("full", cfg["full_recipe"], int(c), eskd) for c in cfg["checkpoints"]]
+    jobs.append(("full", cfg["full_recipe"], None, sorted(set(eskd) | set(few))))
+    jobs.append(("few", cfg["few_recipe"], None, few))
+    grid = []
+    for pair in cfg["pairs"]:
+        for training, recipe, ckpt, taus in jobs:
+            for seed in cfg["seeds"]:
+                grid.append({"data": cfg["data"], **pair, "training": training,
+                             "teacher_recipe": recipe, "teacher_seed": cfg["teacher_seed"],
+                             "checkpoint": ckpt, "temperatures": taus,
+                             "seed": check_int(seed, "seed", minimum=0),
+                             "distill_recipe": cfg["distill_recipe"]})
+    return grid
+
+
+# ------------------------------------------------------------------ the work
+
+
+def _teacher(data: dict, teacher: str, teacher_recipe, teacher_seed: int):
+    from kdlib.experiments.common import load_data, teacher_cache_dir
+    from kdlib.teachers import get_teacher
+
+    d = load_data(data)
+    recipe = recipe_from_spec(teacher_recipe)
+    model, record = get_teacher(teacher, d, recipe, seed=teacher_seed,
+                                cache_dir=teacher_cache_dir(), progress=False)
+    return d, recipe, model, record
+
+
+def checkpoint_curve(data: dict, teacher: str, teacher_recipe, teacher_seed: int,
+                     temperatures: list) -> dict:
+    """Test accuracy, NLL and ECE at each temperature of every saved checkpoint of the
+    (cached) teacher, the final model included. Returns {"rows": [{"epoch", "temperature",
+    "accuracy", "nll", "ece"}, ...]} (fractions; accuracy and NLL do not depend on tau)."""
+    from kdlib.calibration import ece, tempered_softmax
+    from kdlib.teachers import load_weights, teacher_checkpoints
+    from kdlib.train import ECE_BINS, classification_metrics, make_model, predict_logits
+
+    taus = [check_positive(t, "temperature") for t in temperatures]
+    d, recipe, final, record = _teacher(data, teacher, teacher_recipe, teacher_seed)
+    models = {e: p for e, p in teacher_checkpoints(record).items()}
+    rows = []
+    for epoch in sorted(set(models) | {recipe.epochs}):
+        if epoch in models:
+            model = load_weights(make_model(teacher, d, seed=teacher_seed), models[epoch])
+        else:
+            model = final
+        logits = predict_logits(model, d)
+        m = classification_metrics(logits, d.test_y)
+        for t in taus:
+            rows.append({"epoch": int(epoch), "temperature": t, "accuracy": m["accuracy"],
+                         "nll": m["nll"],
+                         "ece": float(ece(tempered_softmax(logits, t), d.test_y,
+                                          n_bins=ECE_BINS))})
+    return {"rows": rows}
+
+
+def distill_from_teacher(data: dict, teacher: str, student: str, training: str,
+                         teacher_recipe, teacher_seed: int, checkpoint: int | None,
+                         temperatures: list, seed: int, distill_recipe) -> dict:
+    """Distil the teacher (its final weights, or those saved at epoch `checkpoint`) into one
+    student per temperature, stacked: all start from init `seed` and share batch order `seed`.
+
+    training: a label stored with the result ("full" or "few"). Returns {"teacher_epoch",
+    "teacher_accuracy", "teacher_ece", "students": [{"temperature", "teacher_ece_at_tau",
+    "accuracy", "ece", "nll", "agreement"}, ...]} (fractions).
+    """
+    from kdlib.stacked import distill_stacked
+    from kdlib.teachers import load_weights, teacher_checkpoints
+    from kdlib.train import make_model
+
+    if training not in TRAININGS:
+        raise ValueError(f"training must be one of {TRAININGS}, got {training!r}")
+    taus = [check_positive(t, "temperature") for t in temperatures]
+    if not taus:
+        raise ValueError("temperatures must not be empty")
+    seed = check_int(seed, "seed", minimum=0)
+    d, recipe, model, record = _teacher(data, teacher, teacher_recipe, teacher_seed)
+    epoch = recipe.epochs
+    if checkpoint is not None:
+        saved = teacher_checkpoints(record)
+        epoch = check_int(checkpoint, "checkpoint", minimum=1)
+        if epoch not in saved:
+            raise ValueError(f"no checkpoint at epoch {epoch}; saved: {sorted(saved)}")
+        model = load_weights(make_model(teacher, d, seed=teacher_seed), saved[epoch]).eval()
+    students = [make_model(student, d, seed=seed) for _ in taus]
+    specs = [{"loss": "kd", "temperature": t} for t in taus]
+    recs = distill_stacked(students, model, d, specs, recipe_from_spec(distill_recipe),
+                           seed=seed, progress=False)
+    first = recs[0]["metrics"]
+    return {"teacher_epoch": int(epoch), "teacher_accuracy": float(first["teacher_accuracy"]),
+            "teacher_ece": float(first["teacher_ece"]),
+            "students": [{"temperature": t, **{k: float(r["metrics"][k]) for k in
+                                                ("teacher_ece_at_tau", "accuracy", "ece", "nll",
+                                                 "agreement")}}
+                         for t, r in zip(taus, recs)]}
+
+
+def run(cfg: dict, scale: str, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or load) both sweeps in the store of `scale`: (curve, students) frames, see
+    curve_frame and students_frame."""
+    from kdlib import sweep
+    from kdlib.experiments.common import store_path
+
+    store = store_path(NAME, scale)
+    curve = sweep.run(checkpoint_curve, curve_grid(cfg), store, namespace="curve",
+                      progress=progress)
+    studs = sweep.run(distill_from_teacher, student_grid(cfg), store, namespace="students",
+                      progress=progress)
+    return curve_frame(curve), students_frame(studs)
+
+
+# ------------------------------------------------------------------ frames and tables
+
+
+def _require(df, cols):
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"columns {missing} missing; the frame has {list(df.columns)}")
+
+
+def curve_frame(records) -> pd.DataFrame:
+    """checkpoint_curve records -> long frame: teacher, epoch, temperature, accuracy, nll,
+    ece (fractions)."""
+    rows = [{"teacher": r["teacher"], **row} for r in records for row in r["rows"]]
+    return pd.DataFrame(rows, columns=["teacher", "epoch", "temperature", "accuracy", "nll",
+                                       "ece"])
+
+
+def students_frame(records) -> pd.DataFrame:
+    """distill_from_teacher records -> one row per student: teacher, student, training,
+    teacher_epoch, final (bool), temperature, seed, teacher_accuracy, teacher_ece (at T = 1),
+    teacher_ece_at_tau, student_accuracy, student_ece, student_nll, agreement (fractions)."""
+    rows = []
+    for r in records:
+        for s in r["students"]:
+            rows.append({"teacher": r["teacher"], "student": r["student"],
+                         "training": r["training"], "teacher_epoch": r["teacher_epoch"],
+                         "final": r["checkpoint"] is None, "temperature": s["temperature"],
+                         "seed": r["seed"], "teacher_accuracy": r["teacher_accuracy"],
+                         "teacher_ece": r["teacher_ece"],
+                         "teacher_ece_at_tau": s["teacher_ece_at_tau"],
+                         "student_accuracy": s["accuracy"], "student_ece": s["ece"],
+                         "student_nll": s["nll"], "agreement": s["agreement"]})
+    return pd.DataFrame(rows, columns=["teacher", "student", "training", "teacher_epoch",
+                                       "final", "temperature", "seed", "teacher_accuracy",
+                                       "teacher_ece", "teacher_ece_at_tau", "student_accuracy",
+                                       "student_ece",
+                                       "student_nll", "agreement"])
+
+
+def curve_wide(curve: pd.DataFrame) -> pd.DataFrame:
+    """One row per (teacher, epoch): accuracy and ECE at each temperature, in percent."""
+    _require(curve, ["teacher", "epoch", "temperature", "accuracy", "ece"])
+    acc = curve.groupby(["teacher", "epoch"])["accuracy"].first().mul(100)
+    ece = curve.pivot_table(index=["teacher", "epoch"], columns="temperature", values="ece")
+    ece = ece.mul(100).rename(columns=lambda t: f"ece_tau_{t:g}")
+    ece.columns.name = None
+    return pd.concat([acc, ece], axis=1).reset_index()
+
+
+def _mean_std(df, by):
+    g = df.groupby(by, sort=True)
+    out = pd.DataFrame({
+        "teacher_accuracy": 100 * g["teacher_accuracy"].mean(),
+        "teacher_ece_t1": 100 * g["teacher_ece"].mean(),
+        "teacher_ece_at_tau": 100 * g["teacher_ece_at_tau"].mean(),
+        "student_accuracy": 100 * g["student_accuracy"].mean(),
+        "student_accuracy_std": 100 * g["student_accuracy"].std(),
+        "n": g["seed"].nunique(),
+    })
+    return out.reset_index()
+
+
+def checkpoint_table(students: pd.DataFrame, eskd_taus) -> pd.DataFrame:
+    """Table 4 analogue: students of the full teacher at each checkpoint epoch (the final
+    one included) and tau in eskd_taus; teacher accuracy, ECE at T = 1 (teacher_ece_t1) and
+    at tau, student accuracy mean and std over seeds (percent), n seeds."""
+    _require(students, ["training", "teacher_epoch", "temperature", "seed"])
+    taus = [float(t) for t in eskd_taus]
+    sub = students[(students["training"] == "full")
+                   & students["temperature"].apply(lambda t: any(np.isclose(t, taus)))]
+    return _mean_std(sub, ["teacher", "student", "temperature", "teacher_epoch"])
+
+
+def few_vs_full_table(students: pd.DataFrame, few_taus) -> pd.DataFrame:
+    """Tables 5/8 analogue: final few-trained vs final full teacher per tau in few_taus."""
+    _require(students, ["training", "final", "temperature", "seed"])
+    taus = [float(t) for t in few_taus]
+    sub = students[students["final"]
+                   & students["temperature"].apply(lambda t: any(np.isclose(t, taus)))]
+    t = _mean_std(sub, ["teacher", "student", "temperature", "training"])
+    return t.sort_values(["teacher", "student", "temperature", "training"],
+                         key=lambda c: c.map({"few": 0, "full": 1}) if c.name == "training"
+                         else c, kind="stable").reset_index(drop=True)
+
+
+def few_minus_full(students: pd.DataFrame, few_taus, level: float = 0.95) -> pd.DataFrame:
+    """Student accuracy from the few-trained minus the full-trained final teacher, paired
+    by seed (same student init and batches), in points, per (teacher, student, tau):
+    columns teacher, student, temperature, diff, std, lo, hi, n (see paired_difference)."""
+    _require(students, ["final", "temperature", "training", "student_accuracy", "seed"])
+    taus = [float(t) for t in few_taus]
+    sub = students[students["final"]
+                   & students["temperature"].apply(lambda t: any(np.isclose(t, taus)))]
+    sub = sub.assign(pct=100 * sub["student_accuracy"])
+    return paired_difference(sub, "pct", "training", "few", "full",
+                             groups=["teacher", "student", "temperature"], level=level)
+
+
+def checkpoint_minus_final(students: pd.DataFrame, eskd_taus,
+                           level: float = 0.95) -> pd.DataFrame:
+    """Student accuracy from each chosen checkpoint minus from the final full teacher,
+    paired by seed, in points: columns teacher, student, temperature, teacher_epoch, diff,
+    std, lo, hi, n."""
+    _require(students, ["final", "training", "teacher_epoch", "temperature",
+                        "student_accuracy", "seed"])
+    taus = [float(t) for t in eskd_taus]
+    full = students[(students["training"] == "full")
+                    & students["temperature"].apply(lambda t: any(np.isclose(t, taus)))]
+    full = full.assign(pct=100 * full["student_accuracy"])
+    final = full[full["final"]].drop(columns="teacher_epoch")
+    out = []
+    for epoch, g in full[~full["final"]].groupby("teacher_epoch", sort=True):
+        both = pd.concat([g.drop(columns="teacher_epoch"), final])
+        d = paired_difference(both, "pct", "final", False, True,
+                              groups=["teacher", "student", "temperature"], level=level)
+        out.append(d.assign(teacher_epoch=int(epoch)))
+    cols = ["teacher", "student", "temperature", "teacher_epoch", "diff", "std", "lo", "hi", "n"]
+    return pd.concat(out, ignore_index=True)[cols] if out else pd.DataFrame(columns=cols)
+
+
+# ------------------------------------------------------------------ the paper's claims
+
+
+def eskd_claims(table4: pd.DataFrame) -> pd.DataFrame:
+    """Early vs late checkpoint per (teacher, student, tau) of a Table 4-like frame (columns
+    teacher, student, tau, checkpoint_epoch, teacher_ece, student_accuracy): early = the
+    smallest epoch, late = the largest. Columns: teacher, student, tau, early, late,
+    ece_early, ece_late, acc_early, acc_late, ece_not_worse (early ECE <= late), acc_not_worse
+    (early student accuracy >= late)."""
+    _require(table4, ["teacher", "student", "tau", "checkpoint_epoch", "teacher_ece",
+                      "student_accuracy"])
+    rows = []
+    for (t, s, tau), g in table4.groupby(["teacher", "student", "tau"], sort=True):
+        if g["checkpoint_epoch"].nunique() < 2:
+            continue
+        e = g.loc[g["checkpoint_epoch"].idxmin()]
+        lt = g.loc[g["checkpoint_epoch"].idxmax()]
+        rows.append({"teacher": t, "student": s, "tau": tau, "early": int(e.checkpoint_epoch),
+                     "late": int(lt.checkpoint_epoch), "ece_early": e.teacher_ece,
+                     "ece_late": lt.teacher_ece, "acc_early": e.student_accuracy,
+                     "acc_late": lt.student_accuracy,
+                     "ece_not_worse": bool(e.teacher_ece <= lt.teacher_ece),
+                     "acc_not_worse": bool(e.student_accuracy >= lt.student_accuracy)})
+    return pd.DataFrame(rows)
+
+
+def few_full_claims(table5: pd.DataFrame) -> pd.DataFrame:
+    """Few- vs full-trained per (teacher, tau) of a Table 5/8-like frame (columns teacher,
+    training in {"few", "full"}, tau, teacher_accuracy, teacher_ece, student_accuracy).
+    Columns: teacher, tau, the six numbers, few_less_accurate, few_better_calibrated (lower
+    ECE at tau), few_better_students."""
+    _require(table5, ["teacher", "training", "tau", "teacher_accuracy", "teacher_ece",
+                      "student_accuracy"])
+    rows = []
+    for (t, tau), g in table5.groupby(["teacher", "tau"], sort=True):
+        by = g.set_index("training")
+        if not {"few", "full"} <= set(by.index):
+            continue
+        f, u = by.loc["few"], by.loc["full"]
+        rows.append({"teacher": t, "tau": tau,
+                     "acc_few": f.teacher_accuracy, "acc_full": u.teacher_accuracy,
+                     "ece_few": f.teacher_ece, "ece_full": u.teacher_ece,
+                     "student_few": f.student_accuracy, "student_full": u.student_accuracy,
+                     "few_less_accurate": bool(f.teacher_accuracy < u.teacher_accuracy),
+                     "few_better_calibrated": bool(f.teacher_ece < u.teacher_ece),
+                     "few_better_students": bool(f.student_accuracy > u.student_accuracy)})
+    return pd.DataFrame(rows)
+
+
+def as_paper_table4(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """Our checkpoint_table in the paper's Table 4 columns (percent)."""
+    _require(checkpoints, ["teacher", "student", "temperature", "teacher_epoch",
+                           "teacher_ece_at_tau", "student_accuracy"])
+    return checkpoints.rename(columns={"temperature": "tau", "teacher_epoch": "checkpoint_epoch",
+                                       "teacher_ece_at_tau": "teacher_ece"})[
+        ["teacher", "student", "tau", "checkpoint_epoch", "teacher_ece", "student_accuracy"]]
+
+
+def as_paper_table5(few_full: pd.DataFrame) -> pd.DataFrame:
+    """Our few_vs_full_table in the paper's Table 5/8 columns (percent)."""
+    _require(few_full, ["teacher", "training", "temperature", "teacher_accuracy",
+                        "teacher_ece_at_tau", "student_accuracy"])
+    return few_full.rename(columns={"temperature": "tau", "teacher_ece_at_tau": "teacher_ece"})[
+        ["teacher", "training", "teacher_accuracy", "tau", "teacher_ece", "student_accuracy"]]
+
+
+def claims_summary(ours4: pd.DataFrame, ours5: pd.DataFrame) -> pd.DataFrame:
+    """Each claim with how many rows support it in the paper's tables and in ours
+    ("k/n"). ours4/ours5: as_paper_table4 / as_paper_table5 frames."""
+    from kdlib.paper import paper_table
+
+    def count(frame, col):
+        return f"{int(frame[col].sum())}/{len(frame)}" if len(frame) else "0/0"
+
+    p4, o4 = eskd_claims(paper_table("table4")), eskd_claims(ours4)
+    p5, o5 = few_full_claims(paper_table("table5_8")), few_full_claims(ours5)
+    rows = [
+        ("early checkpoint's teacher ECE at tau <= late checkpoint's (Table 4)",
+         p4, o4, "ece_not_worse"),
+        ("early checkpoint's student >= late checkpoint's student (Table 4)",
+         p4, o4, "acc_not_worse"),
+        ("few-trained teacher less accurate than full (Tables 5, 8)",
+         p5, o5, "few_less_accurate"),
+        ("few-trained teacher has lower ECE at tau (Tables 5, 8)", p5, o5,
+         "few_better_calibrated"),
+        ("few-trained teacher's student more accurate (Tables 5, 8)", p5, o5,
+         "few_better_students"),
+    ]
+    return pd.DataFrame([{"claim": c, "paper": count(p, col), "ours": count(o, col)}
+                         for c, p, o, col in rows])
