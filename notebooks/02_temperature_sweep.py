@@ -28,6 +28,7 @@ INTERACTIVE = True
 
 # %%
 import pandas as pd
+from IPython.display import display
 
 from kdlib import presets, report
 from kdlib.experiments import temperature_sweep as ts
