@@ -92,3 +92,24 @@ PRESETS = {
     "default": Recipe(epochs=30, batch_size=64, lr=0.05, milestones=scaled_milestones(30)),
     "smoke": Recipe(epochs=2, batch_size=64, lr=0.05),
 }
+
+
+def recipe_from_spec(spec) -> Recipe:
+    """A Recipe from a plain (JSON-able) spec, as experiment presets and sweep cells hold it:
+    a preset name ("paper"), {"preset": name, **changes}, or a dict of Recipe fields
+    ({"epochs": 15, "milestones": [9, 11, 13]}). A Recipe is returned as is."""
+    if isinstance(spec, Recipe):
+        return spec
+    if isinstance(spec, str):
+        return Recipe.preset(spec)
+    if not isinstance(spec, dict):
+        raise TypeError(f"recipe spec must be a preset name or a dict, got {type(spec).__name__}")
+    spec = dict(spec)
+    if "milestones" in spec:
+        spec["milestones"] = tuple(spec["milestones"])
+    if "preset" in spec:
+        return Recipe.preset(spec.pop("preset"), **spec)
+    try:
+        return Recipe(**spec)
+    except TypeError as err:
+        raise ValueError(f"bad recipe spec {spec!r}: {err}") from err

@@ -196,3 +196,16 @@ def test_teacher_cache_trains_once_and_survives_corruption(gmm_small, tmp_path, 
     # a different seed is a different teacher
     _, r4 = get_teacher("mlp", gmm_small, recipe, seed=1, **kw)
     assert r4["cache_dir"] != r1["cache_dir"]
+
+
+def test_recipe_from_spec():
+    from kdlib.recipe import recipe_from_spec
+
+    assert recipe_from_spec("paper") == Recipe.preset("paper")
+    r = recipe_from_spec({"preset": "default", "epochs": 20, "milestones": [10, 15]})
+    assert (r.epochs, r.milestones, r.lr) == (20, (10, 15), 0.05)
+    assert recipe_from_spec({"epochs": 3}) == Recipe(epochs=3)
+    with pytest.raises(ValueError, match="bad recipe spec"):
+        recipe_from_spec({"epochs": 3, "speed": 2})
+    with pytest.raises(TypeError, match="preset name or a dict"):
+        recipe_from_spec(3)

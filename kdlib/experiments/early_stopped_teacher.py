@@ -23,7 +23,8 @@ import pandas as pd
 
 from kdlib import presets
 from kdlib._validate import check_int, check_positive
-from kdlib.experiments.teacher_assistant import paired_difference, recipe_from_spec
+from kdlib.experiments.teacher_assistant import paired_difference
+from kdlib.recipe import recipe_from_spec
 
 NAME = "early_stopped_teacher"
 TRAININGS = ("full", "few")

@@ -27,7 +27,7 @@ from scipy import stats
 from kdlib import presets
 from kdlib._validate import check_int, check_positive
 from kdlib.analysis import bootstrap_spearman, spearman
-from kdlib.recipe import Recipe
+from kdlib.recipe import recipe_from_spec
 
 NAME = "teacher_assistant"
 
@@ -111,26 +111,6 @@ presets.register(NAME, {
 
 
 # ------------------------------------------------------------------ configuration helpers
-
-
-def recipe_from_spec(spec) -> Recipe:
-    """A Recipe from a plain spec: a preset name ("paper"), {"preset": name, **changes} or a
-    dict of Recipe fields ({"epochs": 15, "milestones": [9, 11, 13]})."""
-    if isinstance(spec, Recipe):
-        return spec
-    if isinstance(spec, str):
-        return Recipe.preset(spec)
-    if not isinstance(spec, dict):
-        raise TypeError(f"recipe spec must be a preset name or a dict, got {type(spec).__name__}")
-    spec = dict(spec)
-    if "milestones" in spec:
-        spec["milestones"] = tuple(spec["milestones"])
-    if "preset" in spec:
-        return Recipe.preset(spec.pop("preset"), **spec)
-    try:
-        return Recipe(**spec)
-    except TypeError as err:
-        raise ValueError(f"bad recipe spec {spec!r}: {err}") from err
 
 
 def _check_chain(chain) -> dict:

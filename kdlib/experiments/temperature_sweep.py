@@ -25,6 +25,7 @@ from kdlib import calibration, presets, sweep
 from kdlib.analysis import paper_spearman, spearman_table
 from kdlib.experiments.common import load_data, store_path, teacher_cache_dir
 from kdlib.paper import paper_table
+from kdlib.recipe import recipe_from_spec
 
 NAME = "temperature_sweep"
 PAPER_TEMPERATURES = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0]
@@ -148,12 +149,6 @@ def _build(arch, data, seed, kwargs):
     return make_model(arch, data, seed=seed, **kwargs)
 
 
-def _recipe_obj(d):
-    from kdlib.recipe import Recipe
-
-    return Recipe(**{**d, "milestones": tuple(d.get("milestones", ()))})
-
-
 def get_pair_teacher(data_spec, teacher, teacher_kwargs, teacher_recipe, teacher_seed=0,
                      progress=False):
     """The cached teacher of a pair (trained on first use). Returns (model, record)."""
@@ -162,7 +157,7 @@ def get_pair_teacher(data_spec, teacher, teacher_kwargs, teacher_recipe, teacher
     data = load_data(data_spec)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (teacher_kwargs or {}).items()
               if k != "num_classes"}
-    return get_teacher(teacher, data, _recipe_obj(teacher_recipe), seed=teacher_seed,
+    return get_teacher(teacher, data, recipe_from_spec(teacher_recipe), seed=teacher_seed,
                        cache_dir=teacher_cache_dir(), progress=progress, model_kwargs=kwargs)
 
 
@@ -184,7 +179,7 @@ def run_students(data, teacher, teacher_kwargs, teacher_recipe, student, student
                                       teacher_seed)
     specs = [{"loss": loss, "temperature": float(t)} for loss in losses for t in temperatures]
     students = [_build(student, ds, seed, student_kwargs) for _ in specs]
-    records = distill_stacked(students, t_model, ds, specs, _recipe_obj(student_recipe),
+    records = distill_stacked(students, t_model, ds, specs, recipe_from_spec(student_recipe),
                               seed=seed, progress=False)
     t_logits = predict_logits(t_model, ds)
     labels = ds.test_y
