@@ -1,0 +1,311 @@
+"""The Gaussian-mixture oracle: is a teacher's ECE a faithful proxy for what matters to the
+student, when the true posterior is known?
+
+    rows = sweep.run(run_teacher, grid(cfg), store_path(NAME, scale))
+    df = results_frame(rows)      # one row per (task, teacher, seed, loss, temperature)
+    proxy_correlations(df)        # Spearman of student accuracy with ECE / true error
+
+On the GMM tasks (`kdlib.gmm`) the exact class posterior p(c | x) of every test point is
+known, so a teacher's *true* calibration error can be measured directly:
+    expected_kl_to_posterior  E_x KL(p(. | x) || softmax(z(x) / T))       (nats)
+    expected_tv_to_posterior  E_x 1/2 sum_c |p(c | x) - softmax(z(x) / T)_c|  (in [0, 1])
+next to the binned ECE, which only checks confidence against accuracy.
+
+One sweep cell = one teacher configuration (MLP width x training length): its seeds are
+trained at once with `train_stacked`; each seed's teacher is then read at every
+temperature (teacher quality) and distilled into a stack of students, one per
+(loss, temperature), with `distill_stacked`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from kdlib import analysis, calibration, presets
+from kdlib._validate import as_tensor, check_int, check_positive
+from kdlib.experiments.fidelity_exaggeration import recipe_from_spec
+
+NAME = "gmm_oracle"
+ROW_SUM_TOLERANCE = 1e-3
+PROXIES = ("teacher_ece_at_tau", "kl_to_posterior", "tv_to_posterior")
+
+presets.register(NAME, {
+    "smoke": {
+        "tasks": [{"name": "gmm10", "n_train": 500, "n_test": 500}],
+        "teacher_hidden": [[16], [64, 64]],
+        "teacher_epochs": [2, 6],
+        "teacher_recipe": {"batch_size": 128, "lr": 0.03},
+        "student_hidden": [32],
+        "student_recipe": {"epochs": 2, "batch_size": 128, "lr": 0.03},
+        "losses": ["kd", "dist"],
+        "temperatures": [1.0, 4.0],
+        "seeds": [0],
+        "n_boot": 200,
+    },
+    "default": {
+        "tasks": [{"name": "gmm10", "n_train": 2000, "n_test": 3000}],
+        "teacher_hidden": [[16], [64, 64], [256, 256]],
+        "teacher_epochs": [10, 50, 200],
+        "teacher_recipe": {"batch_size": 128, "lr": 0.03},
+        "student_hidden": [64],
+        "student_recipe": {"epochs": 30, "batch_size": 128, "lr": 0.03},
+        "losses": ["kd", "dist"],
+        "temperatures": [0.5, 1.0, 2.0, 4.0, 8.0],
+        "seeds": [0, 1, 2],
+        "n_boot": 2000,
+    },
+    "paper": {
+        # the paper's GMM setting (section 3.2): 10,000 train / 3,000 test, 200 epochs, lr 0.03
+        "tasks": [{"name": "gmm10", "n_train": 10000, "n_test": 3000},
+                  {"name": "gmm100", "n_train": 10000, "n_test": 3000}],
+        "teacher_hidden": [[16], [64, 64], [256, 256]],
+        "teacher_epochs": [10, 50, 200],
+        "teacher_recipe": {"batch_size": 64, "lr": 0.03},
+        "student_hidden": [64, 64],
+        "student_recipe": {"epochs": 200, "batch_size": 64, "lr": 0.03},
+        "losses": ["kd", "dist"],
+        "temperatures": [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+        "seeds": [0, 1, 2, 3, 4],
+        "n_boot": 2000,
+    },
+})
+
+
+# ------------------------------------------------------------------ true calibration error
+
+
+def _posterior_and_log_q(posterior, logits, temperature):
+    p = as_tensor(posterior, "posterior")
+    z = as_tensor(logits, "logits")
+    if p.ndim != 2 or p.shape != z.shape or p.shape[0] == 0:
+        raise ValueError(f"posterior and logits must both be non-empty N x C matrices of one "
+                         f"shape, got {tuple(p.shape)} and {tuple(z.shape)}")
+    if not (p.is_floating_point() and z.is_floating_point()):
+        raise TypeError("posterior and logits must be floating point")
+    temperature = check_positive(temperature, "temperature")
+    p = p.detach().double().cpu()
+    z = z.detach().double().cpu()
+    if not (torch.isfinite(p).all() and torch.isfinite(z).all()):
+        raise ValueError("posterior and logits must be finite")
+    if (p < 0).any() or ((p.sum(1) - 1).abs() > ROW_SUM_TOLERANCE).any():
+        raise ValueError(f"posterior rows must be probabilities (>= 0, summing to 1 within "
+                         f"{ROW_SUM_TOLERANCE})")
+    return p, F.log_softmax(z / temperature, dim=1)
+
+
+def expected_kl_to_posterior(posterior, logits, temperature: float = 1.0) -> float:
+    """Mean over samples of KL(p || q) in nats, p = the exact posterior (N x C
+    probabilities), q = softmax(logits / temperature) (N x C logits, T > 0); 0 log 0 = 0.
+    Zero exactly when q = p on every sample."""
+    p, log_q = _posterior_and_log_q(posterior, logits, temperature)
+    terms = torch.where(p > 0, p * (torch.log(p.clamp_min(1e-300)) - log_q),
+                        torch.zeros((), dtype=p.dtype))
+    return float(terms.sum(1).mean())
+
+
+def expected_tv_to_posterior(posterior, logits, temperature: float = 1.0) -> float:
+    """Mean over samples of the total variation 1/2 sum_c |p_c - q_c| (a fraction in
+    [0, 1]) between the exact posterior p and q = softmax(logits / temperature)."""
+    p, log_q = _posterior_and_log_q(posterior, logits, temperature)
+    return float(0.5 * (p - log_q.exp()).abs().sum(1).mean())
+
+
+def teacher_quality(logits, labels, posterior, temperatures, n_bins: int = 15) -> list[dict]:
+    """A teacher read at each temperature: one dict per T with temperature, accuracy,
+    ece_at_tau (binned, fraction), nll_at_tau (nats), kl_to_posterior (nats) and
+    tv_to_posterior (fraction), all on the given (test) samples."""
+    z = as_tensor(logits, "logits").float()
+    y = as_tensor(labels, "labels")
+    temps = [check_positive(t, "temperature") for t in temperatures]
+    if not temps:
+        raise ValueError("need at least one temperature")
+    eces = calibration.ece_vs_temperature(z, y, temps, n_bins=n_bins)
+    nlls = calibration.nll_vs_temperature(z, y, temps)
+    acc = float((z.argmax(1) == y).float().mean())
+    return [{"temperature": t, "accuracy": acc, "ece_at_tau": float(e), "nll_at_tau": float(n),
+             "kl_to_posterior": expected_kl_to_posterior(posterior, z, t),
+             "tv_to_posterior": expected_tv_to_posterior(posterior, z, t)}
+            for t, e, n in zip(temps, eces, nlls)]
+
+
+def oracle_reference(data: dict, n_bins: int = 15) -> dict:
+    """The exact posterior as a teacher on the test set: bayes_accuracy and its ECE (the
+    floor set by the finite test set; fractions)."""
+    from kdlib.experiments.common import load_data
+
+    ds = load_data(data)
+    if ds.test_posterior is None:
+        raise ValueError(f"data set {ds.name!r} has no exact posterior (use gmm10 / gmm100)")
+    p = ds.test_posterior.double()
+    return {"task": ds.name, "bayes_accuracy": float((p.argmax(1) == ds.test_y).double().mean()),
+            "posterior_ece": calibration.ece(p, ds.test_y, n_bins=n_bins)}
+
+
+# ------------------------------------------------------------------ the sweep cell
+
+
+def teacher_label(hidden, epochs: int) -> str:
+    """'mlp64x64-50ep' for hidden (64, 64) trained 50 epochs."""
+    return f"mlp{'x'.join(str(int(h)) for h in hidden)}-{int(epochs)}ep"
+
+
+def run_teacher(data: dict, hidden: list, epochs: int, teacher_recipe: dict, seeds: list,
+                student_hidden: list, student_recipe, losses: list,
+                temperatures: list) -> dict:
+    """One sweep cell: train the MLP teachers of width `hidden` for `epochs` (one per seed,
+    stacked), measure each at every temperature against labels and the exact posterior,
+    and distil it into one student per (loss, temperature).
+
+    Returns {"teachers": [one dict per (seed, temperature): `teacher_quality`],
+             "students": [one dict per (seed, loss, temperature): student metrics]}.
+    """
+    from kdlib.experiments.common import load_data
+    from kdlib.stacked import distill_stacked, train_stacked
+    from kdlib.train import make_model, predict_logits
+
+    ds = load_data(data)
+    if ds.test_posterior is None:
+        raise ValueError(f"data set {ds.name!r} has no exact posterior (use gmm10 / gmm100)")
+    epochs = check_int(epochs, "epochs", minimum=1)
+    seeds = [check_int(s, "seed", minimum=0) for s in seeds]
+    if not seeds or not losses or not temperatures:
+        raise ValueError("need at least one seed, one loss and one temperature")
+    hidden = tuple(int(h) for h in hidden)
+    teachers = [make_model("mlp", ds, seed=s, hidden=hidden) for s in seeds]
+    train_stacked(teachers, ds, recipe_from_spec({**teacher_recipe, "epochs": epochs}),
+                  seeds, progress=False)
+    s_recipe = recipe_from_spec(student_recipe)
+    specs = [{"loss": loss, "temperature": float(t)} for loss in losses for t in temperatures]
+    t_rows, s_rows = [], []
+    for seed, teacher in zip(seeds, teachers):
+        teacher.eval()
+        logits = predict_logits(teacher, ds)
+        quality = teacher_quality(logits, ds.test_y, ds.test_posterior, temperatures)
+        t_rows += [{"seed": seed, **q} for q in quality]
+        students = [make_model("mlp", ds, seed=seed, hidden=tuple(student_hidden))
+                    for _ in specs]
+        records = distill_stacked(students, teacher, ds, specs, s_recipe, seed=seed,
+                                  progress=False)
+        for spec, rec in zip(specs, records):
+            m = rec["metrics"]
+            s_rows.append({"seed": seed, **spec, "accuracy": m["accuracy"], "ece": m["ece"],
+                           "nll": m["nll"], "agreement": m["agreement"],
+                           "kl_teacher_student": m["kl_teacher_student"]})
+    return {"teacher": teacher_label(hidden, epochs), "teachers": t_rows, "students": s_rows}
+
+
+def grid(cfg: dict) -> list[dict]:
+    """The sweep cells of a preset: one per (task, teacher width, training length)."""
+    keys = ("teacher_recipe", "seeds", "student_hidden", "student_recipe", "losses",
+            "temperatures")
+    return [{"data": task, "hidden": hidden, "epochs": epochs, **{k: cfg[k] for k in keys}}
+            for task in cfg["tasks"] for hidden in cfg["teacher_hidden"]
+            for epochs in cfg["teacher_epochs"]]
+
+
+def run(cfg: dict, scale: str, progress: bool = True):
+    """Run (or resume) the sweep of a preset; returns the SweepResults."""
+    from kdlib import sweep
+    from kdlib.experiments.common import store_path
+
+    return sweep.run(run_teacher, grid(cfg), store_path(NAME, scale), namespace=NAME,
+                     progress=progress)
+
+
+# ------------------------------------------------------------------ tables
+
+
+def teachers_frame(records) -> pd.DataFrame:
+    """One row per (task, teacher, seed, temperature) with the teacher's quality."""
+    rows = [{"task": rec["data"]["name"], "teacher": rec["teacher"], "hidden": str(rec["hidden"]),
+             "epochs": rec["epochs"], **t} for rec in records for t in rec["teachers"]]
+    if not rows:
+        raise ValueError("no results: the sweep returned no teachers")
+    return pd.DataFrame(rows)
+
+
+def results_frame(records) -> pd.DataFrame:
+    """One row per (task, teacher, seed, loss, temperature): the student's metrics and the
+    teacher's quality at that temperature (teacher_accuracy, teacher_ece_at_tau,
+    kl_to_posterior, tv_to_posterior); `cell` names the tempered teacher."""
+    teachers = teachers_frame(records).rename(columns={
+        "accuracy": "teacher_accuracy", "ece_at_tau": "teacher_ece_at_tau",
+        "nll_at_tau": "teacher_nll_at_tau"})
+    rows = [{"task": rec["data"]["name"], "teacher": rec["teacher"], **s}
+            for rec in records for s in rec["students"]]
+    df = pd.DataFrame(rows).merge(
+        teachers.drop(columns=["hidden"]),
+        on=["task", "teacher", "seed", "temperature"], how="left", validate="many_to_one")
+    df["cell"] = df["teacher"] + "@" + df["temperature"].map(lambda t: f"{t:g}")
+    df["gain_over_teacher"] = df["accuracy"] - df["teacher_accuracy"]
+    return df
+
+
+def _spearman_rows(df, xs, y, cell, n_boot, rng_seed, **labels):
+    out = []
+    for x in xs:
+        out.append({**labels, "x": x, "y": y, **analysis.bootstrap_spearman(
+            df, x, y, cell=cell, n_boot=n_boot, rng_seed=rng_seed)})
+    return out
+
+
+def proxy_correlations(df: pd.DataFrame, proxies=(*PROXIES, "teacher_accuracy"),
+                       ys=("accuracy",), n_boot: int = 2000, rng_seed: int = 0) -> pd.DataFrame:
+    """Per task and loss: Spearman of each student outcome in `ys` ("accuracy",
+    "gain_over_teacher") with each teacher proxy across the tempered teachers (cells =
+    teacher x temperature, seed-averaged), with bootstrap intervals over seeds; plus rows
+    loss="teachers" correlating the teachers' ECE with their true errors (KL, TV).
+    Columns: task, loss, x, y, rho, lo, hi, n_cells, n_seeds."""
+    ys = list(ys)
+    need = ["task", "loss", "cell", "seed", *ys, *proxies]
+    missing = [c for c in need if c not in getattr(df, "columns", [])]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table")
+    rows = []
+    for task, g_task in df.groupby("task", sort=True):
+        for loss, g in g_task.groupby("loss", sort=True):
+            for y in ys:
+                rows += _spearman_rows(g, proxies, y, "cell", n_boot, rng_seed,
+                                       task=task, loss=loss)
+        teachers = g_task.drop_duplicates(["cell", "seed"])
+        for true_err in ("kl_to_posterior", "tv_to_posterior"):
+            if "teacher_ece_at_tau" in teachers.columns and true_err in teachers.columns:
+                rows += _spearman_rows(teachers, ["teacher_ece_at_tau"], true_err, "cell",
+                                       n_boot, rng_seed, task=task, loss="teachers")
+    return pd.DataFrame(rows)
+
+
+def cell_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Seed means per (task, loss, teacher, temperature): student accuracy and the teacher's
+    accuracy, ECE, KL and TV to the posterior; sorted by task, loss and KL."""
+    cols = ["accuracy", "teacher_accuracy", "teacher_ece_at_tau", "kl_to_posterior",
+            "tv_to_posterior"]
+    missing = [c for c in ["task", "loss", "teacher", "temperature", *cols]
+               if c not in getattr(df, "columns", [])]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table")
+    out = df.groupby(["task", "loss", "teacher", "temperature"])[cols].mean().reset_index()
+    return out.sort_values(["task", "loss", "kl_to_posterior"]).reset_index(drop=True)
+
+
+def best_teachers(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task and loss, which tempered teacher each criterion would pick (lowest ECE,
+    lowest KL to the posterior) against the one whose students are most accurate, with
+    the students' mean accuracy under each pick."""
+    t = cell_table(df)
+    rows = []
+    for (task, loss), g in t.groupby(["task", "loss"], sort=True):
+        picks = {"best_student": g["accuracy"].idxmax(),
+                 "lowest_ece": g["teacher_ece_at_tau"].idxmin(),
+                 "lowest_kl": g["kl_to_posterior"].idxmin(),
+                 "lowest_tv": g["tv_to_posterior"].idxmin()}
+        for crit, i in picks.items():
+            rows.append({"task": task, "loss": loss, "criterion": crit,
+                         "teacher": g.at[i, "teacher"], "temperature": g.at[i, "temperature"],
+                         "student_accuracy": g.at[i, "accuracy"],
+                         "teacher_ece_at_tau": g.at[i, "teacher_ece_at_tau"],
+                         "kl_to_posterior": g.at[i, "kl_to_posterior"]})
+    return pd.DataFrame(rows)
+

@@ -1,0 +1,235 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kdlib import presets
+from kdlib.experiments import fidelity_exaggeration as fe
+from kdlib.recipe import Recipe
+
+# ------------------------------------------------------------------ recipes
+
+
+def test_recipe_from_spec_preset_name_and_changes():
+    assert fe.recipe_from_spec("default") == Recipe.preset("default")
+    r = fe.recipe_from_spec({"preset": "default", "epochs": 20})
+    # default milestones (19, 22, 26) of 30 epochs rescaled to 20: 12.67, 14.67, 17.33
+    assert r.epochs == 20 and r.milestones == (13, 15, 17)
+    assert r.lr == 0.05 and r.batch_size == 64
+    r = fe.recipe_from_spec({"preset": "default", "checkpoint_every": 5})
+    assert r.milestones == (19, 22, 26) and r.checkpoint_every == 5
+    r = fe.recipe_from_spec({"preset": "paper", "epochs": 120, "milestones": [60]})
+    assert r.milestones == (60,)
+    assert fe.recipe_from_spec({"preset": "paper"}, arch="mobilenetv2").lr == 0.01
+
+
+def test_recipe_from_spec_plain_fields_and_errors():
+    r = fe.recipe_from_spec({"epochs": 5, "lr": 0.03, "batch_size": 128})
+    assert r == Recipe(epochs=5, lr=0.03, batch_size=128)
+    with pytest.raises(TypeError, match="preset name"):
+        fe.recipe_from_spec(3)
+    with pytest.raises(ValueError, match="unknown recipe preset"):
+        fe.recipe_from_spec({"preset": "nope"})
+
+
+# ------------------------------------------------------------------ per-sample summaries
+
+
+def test_confidences_hand_values():
+    z = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(fe.confidences(z), [0.75, 0.5])
+    # T = 2: sqrt(3) / (sqrt(3) + 1)
+    np.testing.assert_allclose(fe.confidences(z, 2.0)[0], math.sqrt(3) / (math.sqrt(3) + 1))
+    with pytest.raises(ValueError, match="N x C"):
+        fe.confidences(torch.zeros(3))
+    with pytest.raises(ValueError, match="temperature"):
+        fe.confidences(z, 0.0)
+
+
+def test_confidence_curve_bins_and_means():
+    t = [0.15, 0.5, 0.55, 0.95, 1.0, 0.4]
+    s = [0.2, 0.6, 0.7, 0.9, 0.99, 0.3]
+    c = fe.confidence_curve(s, t, n_bins=5)
+    # bins (0,.2] (.2,.4] (.4,.6] (.6,.8] (.8,1]; 0.4 sits on an edge -> second bin
+    assert c["count"] == [1, 1, 2, 0, 2]
+    np.testing.assert_allclose(c["edges"], [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(c["teacher"][:3], [0.15, 0.4, 0.525])
+    np.testing.assert_allclose(c["student"][:3], [0.2, 0.3, 0.65])
+    assert math.isnan(c["teacher"][3]) and math.isnan(c["student"][3])
+    np.testing.assert_allclose(c["student"][4], (0.9 + 0.99) / 2)
+
+
+def test_confidence_curve_rejects_bad_input():
+    with pytest.raises(ValueError, match="one length"):
+        fe.confidence_curve([0.5], [0.5, 0.6])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fe.confidence_curve([1.5], [0.5])
+    with pytest.raises(ValueError, match="n_bins"):
+        fe.confidence_curve([0.5], [0.5], n_bins=0)
+
+
+def test_exaggeration_summary_hand_values():
+    teacher = torch.tensor([[math.log(3.0), 0.0]] * 4)   # confidence 0.75 at T = 1
+    student = torch.tensor([[math.log(9.0), 0.0]] * 4)   # confidence 0.9
+    out = fe.exaggeration_summary(student, teacher, temperature=2.0, n_bins=10)
+    assert out["exaggeration_t1"] == 1.0 and out["exaggeration_tau"] == 1.0
+    assert out["confidence_gap_t1"] == pytest.approx(0.15)
+    tau_conf = math.sqrt(3) / (math.sqrt(3) + 1)
+    assert out["teacher_confidence_tau"] == pytest.approx(tau_conf)
+    assert out["confidence_gap_tau"] == pytest.approx(0.9 - tau_conf)
+    assert out["curve_t1"]["count"][7] == 4      # 0.75 in (0.7, 0.8]
+    assert out["curve_tau"]["count"][6] == 4     # 0.634 in (0.6, 0.7]
+    same = fe.exaggeration_summary(teacher, teacher, temperature=1.0)
+    assert same["exaggeration_t1"] == 0.0 and same["confidence_gap_t1"] == 0.0
+    # a softer student: never more confident than the teacher at T = 1
+    soft = fe.exaggeration_summary(teacher / 2, teacher, temperature=4.0)
+    assert soft["exaggeration_t1"] == 0.0 and soft["confidence_gap_t1"] < 0
+
+
+# ------------------------------------------------------------------ tables
+
+def _curve(teacher, student, count, n_bins=2):
+    return {"edges": list(np.arange(n_bins + 1) / n_bins), "teacher": teacher,
+            "student": student, "count": count}
+
+
+def _records():
+    recs = []
+    for seed in (0, 1):
+        rows = []
+        for loss, sign in (("kd", 1), ("dist", -1)):
+            for t in (1.0, 2.0, 4.0):
+                agree = 0.9 - 0.05 * t + 0.001 * seed
+                rows.append({"loss": loss, "temperature": t, "accuracy": 0.5 + sign * agree,
+                             "agreement": agree, "kl_teacher_student": 1 - agree,
+                             "teacher_ece_at_tau": 0.1 * t,
+                             "exaggeration_t1": 0.6 + 0.01 * t, "exaggeration_tau": 0.9,
+                             "confidence_gap_t1": 0.02 * seed, "confidence_gap_tau": 0.3,
+                             "curve_t1": _curve([float("nan"), 0.8],
+                                                [float("nan"), 0.5 + 0.4 * seed],
+                                                [0, 1 + 2 * seed]),
+                             "curve_tau": _curve([0.4, 0.9], [0.5, 0.95], [2, 2])})
+        recs.append({"seed": seed, "rows": rows})
+    return recs
+
+
+def test_results_frame_and_summary_table():
+    df = fe.results_frame(_records())
+    assert len(df) == 12 and "curve_t1" not in df.columns
+    s = fe.summary_table(df)
+    r = s[(s["loss"] == "kd") & (s["temperature"] == 2.0)].iloc[0]
+    assert r["agreement"] == pytest.approx(0.8005)
+    assert r["agreement_sd"] == pytest.approx(np.std([0.8, 0.801], ddof=1))
+    assert r["n_seeds"] == 2
+    with pytest.raises(ValueError, match="no results"):
+        fe.results_frame([])
+
+
+def test_curves_frame_pools_seeds_by_count():
+    c = fe.curves_frame(_records(), "t1")
+    r = c[(c["loss"] == "kd") & (c["temperature"] == 1.0)].set_index("bin")
+    # seed 0: 1 sample at 0.5, seed 1: 3 samples at 0.9 -> (0.5 + 2.7) / 4
+    assert r.loc[1, "count"] == 4
+    assert r.loc[1, "student_confidence"] == pytest.approx(0.8)
+    assert r.loc[0, "count"] == 0 and math.isnan(r.loc[0, "student_confidence"])
+    tau = fe.curves_frame(_records(), "tau")
+    assert tau["count"].sum() == 2 * 6 * 4
+    with pytest.raises(ValueError, match="reference"):
+        fe.curves_frame(_records(), "t2")
+
+
+def test_fidelity_correlations_signs():
+    df = fe.results_frame(_records())
+    corr = fe.fidelity_correlations(df, n_boot=50).set_index(["loss", "x", "y"])
+    kd = corr.loc[("kd", "agreement", "accuracy")]
+    dist = corr.loc[("dist", "agreement", "accuracy")]
+    assert kd["rho"] == 1.0 and kd["lo"] == 1.0 and kd["n_cells"] == 3
+    assert dist["rho"] == -1.0 and dist["hi"] == -1.0
+    assert corr.loc[("kd", "teacher_ece_at_tau", "agreement")]["rho"] == -1.0
+    assert corr.loc[("both", "agreement", "accuracy")]["n_cells"] == 6
+
+
+def test_fidelity_correlations_need_three_cells():
+    df = fe.results_frame(_records())
+    two = df[df["temperature"] < 4.0]
+    corr = fe.fidelity_correlations(two, n_boot=20).set_index(["loss", "x", "y"])
+    r = corr.loc[("kd", "agreement", "accuracy")]
+    assert math.isnan(r["rho"]) and r["n_cells"] == 2 and r["n_seeds"] == 2
+    assert corr.loc[("both", "agreement", "accuracy")]["n_cells"] == 4
+
+
+def test_headline_number():
+    assert fe.headline_number(0.12345) == 0.123
+    assert fe.headline_number(np.float64(-0.5), 1) == -0.5
+    assert fe.headline_number(float("nan")) == "n/a"
+    assert fe.headline_number(None) == "n/a"
+
+
+def test_exaggeration_table():
+    t = fe.exaggeration_table(fe.results_frame(_records())).set_index("loss")
+    assert t.loc["kd", "exaggeration_t1"] == pytest.approx(0.6 + 0.01 * 7 / 3)
+    assert t.loc["kd", "exaggeration_t1_min"] == pytest.approx(0.61)
+    assert t.loc["kd", "exaggeration_t1_max"] == pytest.approx(0.64)
+    assert t.loc["dist", "confidence_gap_t1"] == pytest.approx(0.01)
+
+
+# ------------------------------------------------------------------ presets and the cell
+
+
+@pytest.mark.parametrize("scale", presets.SCALES)
+def test_presets_are_valid(scale):
+    cfg = presets.get(fe.NAME, scale)
+    fe.recipe_from_spec(cfg["teacher_recipe"], cfg["teacher"])
+    fe.recipe_from_spec(cfg["student_recipe"], cfg["student"])
+    assert set(cfg["losses"]) <= {"kd", "dist"}
+    assert all(t > 0 for t in cfg["temperatures"])
+    assert len(fe.grid(cfg)) == len(cfg["seeds"])
+    if scale == "smoke":
+        assert len(cfg["seeds"]) == 1 and len(cfg["temperatures"]) == 2
+    else:
+        assert len(cfg["seeds"]) >= 3
+
+
+def test_run_seed_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    out = fe.run_seed(data={"name": "digits", "subset_train": 120, "subset_test": 60},
+                      teacher="resnet8", teacher_recipe={"preset": "smoke", "epochs": 1},
+                      teacher_seed=0, student="resnet8",
+                      student_recipe={"preset": "smoke", "epochs": 1},
+                      losses=["kd", "dist"], temperatures=[1.0, 3.0], seed=0,
+                      confidence_bins=5)
+    rows = out["rows"]
+    assert [(r["loss"], r["temperature"]) for r in rows] == [
+        ("kd", 1.0), ("kd", 3.0), ("dist", 1.0), ("dist", 3.0)]
+    for r in rows:
+        assert sum(r["curve_t1"]["count"]) == 60 and sum(r["curve_tau"]["count"]) == 60
+        assert 0 <= r["agreement"] <= 1 and r["kl_teacher_student"] >= 0
+        assert r["teacher_confidence_t1"] == pytest.approx(rows[0]["teacher_confidence_t1"])
+        if r["temperature"] == 1.0:
+            assert r["teacher_ece_at_tau"] == pytest.approx(r["teacher_ece"])
+            assert r["exaggeration_tau"] == r["exaggeration_t1"]
+        else:
+            assert r["teacher_confidence_tau"] < r["teacher_confidence_t1"]
+    assert list((tmp_path / "data" / "teachers").iterdir())  # the teacher was cached there
+    pd.DataFrame(fe.results_frame([{"seed": 0, **out}]))
+
+
+def test_plots_draw_the_tables():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kdlib.plots import beyond
+
+    df = fe.results_frame(_records())
+    s = fe.summary_table(df)
+    fig = beyond.fidelity_scatter(s)
+    assert len(fig.axes) == 2
+    fig = beyond.confidence_curves(fe.curves_frame(_records(), "tau"))
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].lines) == 3 + 1  # three temperatures and the diagonal
+    fig = beyond.exaggeration_vs_temperature(s)
+    assert len(fig.axes) == 1
+    with pytest.raises(ValueError, match="columns"):
+        beyond.fidelity_scatter(s.drop(columns=["agreement"]))

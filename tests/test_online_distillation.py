@@ -1,0 +1,236 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kdlib import presets
+from kdlib.experiments import online_distillation as od
+from kdlib.experiments.fidelity_exaggeration import recipe_from_spec
+from kdlib.recipe import Recipe
+
+# ------------------------------------------------------------------ stages
+
+
+def test_stage_recipe_slices_one_schedule():
+    full = Recipe(epochs=30, lr=0.05, milestones=(19, 22, 26), checkpoint_every=5)
+    s = od.stage_recipe(full, 15, 20)
+    assert (s.epochs, s.lr, s.milestones, s.checkpoint_every) == (5, 0.05, (4,), 0)
+    s = od.stage_recipe(full, 20, 25)
+    assert s.epochs == 5 and s.lr == pytest.approx(0.005) and s.milestones == (2,)
+    s = od.stage_recipe(full, 25, 30)
+    assert s.lr == pytest.approx(0.0005) and s.milestones == (1,)
+    # the stages together reproduce the learning rate of every epoch
+    for start in range(0, 30, 5):
+        st = od.stage_recipe(full, start, start + 5)
+        for e in range(5):
+            assert st.lr_at(e) == pytest.approx(full.lr_at(start + e), rel=1e-12)
+    assert (s.batch_size, s.momentum, s.weight_decay, s.gamma) == (64, 0.9, 5e-4, 0.1)
+
+
+def test_stage_recipe_rejects_bad_slices():
+    full = Recipe(epochs=10)
+    with pytest.raises(ValueError, match="stop"):
+        od.stage_recipe(full, 5, 5)
+    with pytest.raises(ValueError, match="stop"):
+        od.stage_recipe(full, 5, 11)
+    with pytest.raises(TypeError, match="Recipe"):
+        od.stage_recipe({"epochs": 10}, 0, 5)
+
+
+def test_teacher_schedule_modes():
+    ckpts = [10, 5, 15]
+    assert od.teacher_schedule("online", ckpts) == [(5, 5), (10, 10), (15, 15)]
+    assert od.teacher_schedule("final", ckpts) == [(5, 15), (10, 15), (15, 15)]
+    assert od.teacher_schedule("early", ckpts, early_epoch=5) == [(5, 5), (10, 5), (15, 5)]
+    with pytest.raises(ValueError, match="early_epoch"):
+        od.teacher_schedule("early", ckpts, early_epoch=7)
+    with pytest.raises(ValueError, match="mode"):
+        od.teacher_schedule("late", ckpts)
+    with pytest.raises(ValueError, match="at least one"):
+        od.teacher_schedule("online", [])
+
+
+def test_stage_seed_is_deterministic_and_distinct():
+    seeds = [od.stage_seed(3, s) for s in range(6)]
+    assert len(set(seeds)) == 6 and seeds == [od.stage_seed(3, s) for s in range(6)]
+    assert od.stage_seed(4, 0) != od.stage_seed(3, 0)
+    with pytest.raises(ValueError, match="seed"):
+        od.stage_seed(-1, 0)
+
+
+# ------------------------------------------------------------------ the staged loop
+
+
+def _tiny():
+    from kdlib.data import load_dataset
+
+    return load_dataset("gmm10", n_train=256, n_test=128)
+
+
+def _mlp(data, seed):
+    from kdlib.train import make_model
+
+    return make_model("mlp", data, seed=seed, hidden=(8,))
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_one_stage_equals_distill_stacked():
+    from kdlib.stacked import distill_stacked
+
+    data = _tiny()
+    teacher = _mlp(data, 9).eval()
+    specs = [{"loss": "kd", "temperature": 2.0}, {"loss": "dist", "temperature": 2.0}]
+    recipe = Recipe(epochs=2, batch_size=64, lr=0.05)
+    a = [_mlp(data, 0) for _ in specs]
+    b = [_mlp(data, 0) for _ in specs]
+    staged = od.distill_in_stages(a, [(2, teacher)], data, specs, recipe, seed=1)
+    direct = distill_stacked(b, teacher, data, specs, recipe, seed=od.stage_seed(1, 0),
+                             progress=False)
+    assert len(staged) == 1 and len(staged[0]) == 2
+    for x, y in zip(a, b):
+        torch.testing.assert_close(_flat(x), _flat(y))
+    assert staged[0][0]["metrics"]["accuracy"] == direct[0]["metrics"]["accuracy"]
+
+
+def test_stages_continue_the_same_students():
+    data = _tiny()
+    t1, t2 = _mlp(data, 8).eval(), _mlp(data, 9).eval()
+    specs = [{"loss": "kd", "temperature": 1.0}]
+    recipe = Recipe(epochs=2, batch_size=64, lr=0.05)
+    two = [_mlp(data, 0)]
+    stages = od.distill_in_stages(two, [(1, t1), (2, t2)], data, specs, recipe, seed=0)
+    assert [st[0]["config"]["recipe"]["epochs"] for st in stages] == [1, 1]
+    # the first stage alone, continued by hand with the second teacher, gives the same
+    from kdlib.stacked import distill_stacked
+
+    one = [_mlp(data, 0)]
+    distill_stacked(one, t1, data, specs, od.stage_recipe(recipe, 0, 1),
+                    seed=od.stage_seed(0, 0), progress=False)
+    after_first = _flat(one[0]).clone()
+    distill_stacked(one, t2, data, specs, od.stage_recipe(recipe, 1, 2),
+                    seed=od.stage_seed(0, 1), progress=False)
+    torch.testing.assert_close(_flat(two[0]), _flat(one[0]))
+    assert not torch.equal(_flat(two[0]), after_first)
+    # each stage's metrics are measured against that stage's teacher
+    from kdlib.train import evaluate
+
+    assert stages[0][0]["metrics"]["teacher_accuracy"] == pytest.approx(
+        evaluate(t1, data)["accuracy"])
+    assert stages[1][0]["metrics"]["teacher_accuracy"] == pytest.approx(
+        evaluate(t2, data)["accuracy"])
+
+
+def test_distill_in_stages_checks_the_stops():
+    data = _tiny()
+    t = _mlp(data, 9).eval()
+    specs = [{"loss": "kd", "temperature": 1.0}]
+    recipe = Recipe(epochs=2)
+    with pytest.raises(ValueError, match="end at recipe.epochs"):
+        od.distill_in_stages([_mlp(data, 0)], [(1, t)], data, specs, recipe)
+    with pytest.raises(ValueError, match="increase strictly"):
+        od.distill_in_stages([_mlp(data, 0)], [(2, t), (2, t)], data, specs, recipe)
+    with pytest.raises(ValueError, match="at least one"):
+        od.distill_in_stages([_mlp(data, 0)], [], data, specs, recipe)
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _df():
+    rows = []
+    for seed in (0, 1):
+        for mode, bonus in (("online", 0.02), ("final", 0.0), ("early", -0.01)):
+            rows.append({"seed": seed, "mode": mode, "loss": "kd", "temperature": 4.0,
+                         "accuracy": 0.9 + bonus + 0.01 * seed,
+                         "stage_stop": [5, 10], "stage_teacher_epoch": [5, 10],
+                         "stage_accuracy": [0.5, 0.9], "stage_teacher_accuracy": [0.8, 0.95],
+                         "stage_teacher_ece_at_tau": [0.1, 0.3 + bonus]})
+    return pd.DataFrame(od.results_frame([{"seed": s, "rows": [r for r in rows
+                                                               if r["seed"] == s]}
+                                          for s in (0, 1)]))
+
+
+def test_results_and_summary_tables():
+    df = _df()
+    assert "seed" in df.columns and len(df) == 6
+    online = df[(df["mode"] == "online") & (df["seed"] == 0)].iloc[0]
+    assert online["mean_teacher_ece_at_tau"] == pytest.approx((0.1 + 0.32) / 2)
+    s = od.summary_table(df).set_index("mode")
+    assert s.loc["online", "accuracy"] == pytest.approx(0.925)
+    assert s.loc["online", "gain_vs_final"] == pytest.approx(0.02)
+    assert s.loc["early", "gain_vs_final"] == pytest.approx(-0.01)
+    assert s.loc["final", "gain_vs_final"] == 0.0
+    assert s.loc["online", "accuracy_sd"] == pytest.approx(np.std([0.92, 0.93], ddof=1))
+    assert s.loc["online", "gain_sd"] == pytest.approx(0.0, abs=1e-12)
+    long = od.stages_frame(df)
+    assert len(long) == 12 and set(long["stop_epoch"]) == {5, 10}
+    with pytest.raises(ValueError, match="columns"):
+        od.summary_table(df.drop(columns=["mode"]))
+
+
+@pytest.mark.parametrize("scale", presets.SCALES)
+def test_presets_are_valid(scale):
+    cfg = presets.get(od.NAME, scale)
+    teacher = recipe_from_spec(cfg["teacher_recipe"], cfg["teacher"])
+    student = recipe_from_spec(cfg["student_recipe"], cfg["student"])
+    assert teacher.checkpoint_every > 0
+    assert student.epochs == teacher.epochs  # stages are matched epoch for epoch
+    ckpts = range(teacher.checkpoint_every, teacher.epochs + 1, teacher.checkpoint_every)
+    assert cfg["early_epoch"] in ckpts and cfg["early_epoch"] < teacher.epochs
+    assert set(cfg["modes"]) <= set(od.MODES)
+    assert len(od.grid(cfg)) == len(cfg["seeds"])
+
+
+def test_run_seed_and_trajectory_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    data = {"name": "gmm10", "n_train": 256, "n_test": 128}
+    teacher_recipe = {"epochs": 2, "batch_size": 64, "lr": 0.05, "checkpoint_every": 1}
+    out = od.run_seed(data=data, teacher="mlp", teacher_recipe=teacher_recipe, teacher_seed=0,
+                      student="mlp", student_recipe={"epochs": 2, "batch_size": 64},
+                      early_epoch=1, modes=["online", "final", "early"], losses=["kd"],
+                      temperatures=[2.0], seed=0)
+    rows = {r["mode"]: r for r in out["rows"]}
+    assert rows["online"]["stage_teacher_epoch"] == [1, 2]
+    assert rows["final"]["stage_teacher_epoch"] == [2, 2]
+    assert rows["early"]["stage_teacher_epoch"] == [1, 1]
+    # the online teacher of the last stage is the final teacher
+    assert rows["online"]["stage_teacher_ece_at_tau"][1] == pytest.approx(
+        rows["final"]["stage_teacher_ece_at_tau"][0])
+    assert rows["early"]["stage_teacher_ece_at_tau"][0] == pytest.approx(
+        rows["online"]["stage_teacher_ece_at_tau"][0])
+    assert rows["final"]["stage_teacher_ece_at_tau"][0] == rows["final"][
+        "stage_teacher_ece_at_tau"][1]
+    assert rows["online"]["accuracy"] == rows["online"]["stage_accuracy"][-1]
+
+    traj = od.teacher_trajectory(data, "mlp", teacher_recipe, 0, [1.0, 2.0])
+    assert sorted(set(traj["epoch"])) == [1, 2] and len(traj) == 4
+    last = traj[(traj["epoch"] == 2) & (traj["temperature"] == 2.0)].iloc[0]
+    assert last["ece_at_tau"] == pytest.approx(rows["final"]["teacher_ece_at_tau"])
+    assert last["accuracy"] == pytest.approx(rows["final"]["teacher_accuracy"])
+
+    with pytest.raises(ValueError, match="must be equal"):
+        od.run_seed(data=data, teacher="mlp", teacher_recipe=teacher_recipe, teacher_seed=0,
+                    student="mlp", student_recipe={"epochs": 3}, early_epoch=1,
+                    modes=["online"], losses=["kd"], temperatures=[2.0], seed=0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        od.teacher_trajectory(data, "mlp", {"epochs": 2}, 0, [1.0])
+
+
+def test_plots_draw_the_tables():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kdlib.plots import beyond
+
+    df = _df()
+    fig = beyond.online_accuracy(od.summary_table(df))
+    assert len(fig.axes[0].patches) == 3
+    fig = beyond.online_stages(od.stages_frame(df))
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3
+    traj = pd.DataFrame({"epoch": [5, 5, 10, 10], "temperature": [1.0, 4.0, 1.0, 4.0],
+                         "accuracy": [0.8, 0.8, 0.9, 0.9], "ece_at_tau": [0.1, 0.4, 0.05, 0.5]})
+    fig = beyond.teacher_trajectory(traj, early_epoch=5)
+    assert len(fig.axes[1].lines) == 2 + 1  # two temperatures and the early-stop line
