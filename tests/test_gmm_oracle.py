@@ -6,7 +6,7 @@ import torch
 
 from kdlib import presets
 from kdlib.experiments import gmm_oracle as go
-from kdlib.experiments.fidelity_exaggeration import recipe_from_spec
+from kdlib.recipe import recipe_from_spec
 
 # ------------------------------------------------------------------ true calibration error
 

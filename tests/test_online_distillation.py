@@ -5,8 +5,7 @@ import torch
 
 from kdlib import presets
 from kdlib.experiments import online_distillation as od
-from kdlib.experiments.fidelity_exaggeration import recipe_from_spec
-from kdlib.recipe import Recipe
+from kdlib.recipe import Recipe, recipe_from_spec
 
 # ------------------------------------------------------------------ stages
 
@@ -174,8 +173,8 @@ def test_results_and_summary_tables():
 @pytest.mark.parametrize("scale", presets.SCALES)
 def test_presets_are_valid(scale):
     cfg = presets.get(od.NAME, scale)
-    teacher = recipe_from_spec(cfg["teacher_recipe"], cfg["teacher"])
-    student = recipe_from_spec(cfg["student_recipe"], cfg["student"])
+    teacher = recipe_from_spec(cfg["teacher_recipe"])
+    student = recipe_from_spec(cfg["student_recipe"])
     assert teacher.checkpoint_every > 0
     assert student.epochs == teacher.epochs  # stages are matched epoch for epoch
     ckpts = range(teacher.checkpoint_every, teacher.epochs + 1, teacher.checkpoint_every)

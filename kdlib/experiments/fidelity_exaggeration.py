@@ -28,7 +28,7 @@ import torch
 
 from kdlib import analysis, fidelity, presets
 from kdlib._validate import as_tensor, check_choice, check_int, check_positive
-from kdlib.recipe import Recipe
+from kdlib.recipe import recipe_from_spec
 
 NAME = "fidelity_exaggeration"
 REFERENCES = ("t1", "tau")
@@ -56,7 +56,7 @@ presets.register(NAME, {
         "teacher_recipe": {"preset": "default", "checkpoint_every": 5},
         "teacher_seed": 0,
         "student": "resnet8",
-        "student_recipe": {"preset": "default", "epochs": 20},
+        "student_recipe": {"epochs": 20, "milestones": [13, 15, 17]},  # default, scaled
         "losses": ["kd", "dist"],
         "temperatures": [1.0, 2.0, 3.0, 4.0, 6.0, 8.0],
         "seeds": [0, 1, 2],
@@ -77,39 +77,6 @@ presets.register(NAME, {
         "n_boot": 2000,
     },
 })
-
-
-# ------------------------------------------------------------------ recipes from presets
-
-
-def recipe_from_spec(spec, arch: str | None = None) -> Recipe:
-    """A Recipe from a preset dict's plain value.
-
-    spec: a preset name ("paper", "default", ...), or {"preset": name, **changes}, or a dict
-    of Recipe fields ({"epochs": 20, "lr": 0.03, ...}). When `changes` set "epochs" but not
-    "milestones", the preset's milestones are rescaled to the new length (same fractions of
-    training), so {"preset": "default", "epochs": 20} keeps the shape of the schedule.
-    arch: passed to Recipe.preset (MobileNetV2 gets lr 0.01).
-    """
-    if isinstance(spec, Recipe):
-        return spec
-    if isinstance(spec, str):
-        return Recipe.preset(spec, arch=arch)
-    if not isinstance(spec, dict):
-        raise TypeError(f"recipe spec must be a preset name, a dict or a Recipe, got "
-                        f"{type(spec).__name__}")
-    changes = dict(spec)
-    name = changes.pop("preset", None)
-    if "milestones" in changes:
-        changes["milestones"] = tuple(changes["milestones"])
-    if name is None:
-        return Recipe(**changes)
-    base = Recipe.preset(name, arch=arch)
-    if "epochs" in changes and "milestones" not in changes:
-        epochs = check_int(changes["epochs"], "epochs", minimum=1)
-        scaled = sorted({max(1, round(m * epochs / base.epochs)) for m in base.milestones})
-        changes["milestones"] = tuple(m for m in scaled if m < epochs)
-    return base.replace(**changes) if changes else base
 
 
 # ------------------------------------------------------------------ per-sample summaries
@@ -197,12 +164,12 @@ def run_seed(data: dict, teacher: str, teacher_recipe, teacher_seed: int, studen
     if not losses or not temperatures:
         raise ValueError("need at least one loss and one temperature")
     ds = load_data(data)
-    t_model, _ = get_teacher(teacher, ds, recipe_from_spec(teacher_recipe, teacher),
+    t_model, _ = get_teacher(teacher, ds, recipe_from_spec(teacher_recipe),
                              teacher_seed, cache_dir=teacher_cache_dir(), progress=False)
     specs = [{"loss": loss, "temperature": float(t)} for loss in losses for t in temperatures]
     students = [make_model(student, ds, seed=seed) for _ in specs]
     records = distill_stacked(students, t_model, ds, specs,
-                              recipe_from_spec(student_recipe, student), seed=seed,
+                              recipe_from_spec(student_recipe), seed=seed,
                               progress=False)
     t_logits = predict_logits(t_model, ds)
     rows = []

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from kdlib import analysis, calibration, presets
 from kdlib._validate import as_tensor, check_int, check_positive
-from kdlib.experiments.fidelity_exaggeration import recipe_from_spec
+from kdlib.recipe import recipe_from_spec
 
 NAME = "gmm_oracle"
 ROW_SUM_TOLERANCE = 1e-3

@@ -25,8 +25,7 @@ import pandas as pd
 
 from kdlib import calibration, presets
 from kdlib._validate import check_choice, check_int
-from kdlib.experiments.fidelity_exaggeration import recipe_from_spec
-from kdlib.recipe import Recipe
+from kdlib.recipe import Recipe, recipe_from_spec
 
 NAME = "online_distillation"
 MODES = ("online", "final", "early")
@@ -160,7 +159,7 @@ def load_teacher_checkpoints(data, teacher: str, teacher_recipe, teacher_seed: i
     from kdlib.teachers import get_teacher, load_weights, teacher_checkpoints
     from kdlib.train import make_model
 
-    recipe = recipe_from_spec(teacher_recipe, teacher)
+    recipe = recipe_from_spec(teacher_recipe)
     if recipe.checkpoint_every <= 0:
         raise ValueError("the teacher recipe needs checkpoint_every > 0 for online "
                          "distillation")
@@ -211,7 +210,7 @@ def run_seed(data: dict, teacher: str, teacher_recipe, teacher_seed: int, studen
 
     ds = load_data(data)
     ckpts = load_teacher_checkpoints(ds, teacher, teacher_recipe, teacher_seed)
-    recipe = recipe_from_spec(student_recipe, student)
+    recipe = recipe_from_spec(student_recipe)
     if max(ckpts) != recipe.epochs:
         raise ValueError(f"the student trains {recipe.epochs} epochs but the teacher's last "
                          f"checkpoint is at epoch {max(ckpts)}: online distillation matches "
