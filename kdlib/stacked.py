@@ -97,14 +97,68 @@ class StackedModels:
         return out
 
 
-def _sgd(stack: StackedModels, recipe: Recipe):
+class LoopedModels:
+    """The StackedModels interface over K separate modules, run one after another.
+
+    On a CPU a grouped (vmapped) convolution is no faster than K separate ones, so there
+    the win of training students together is the shared batch and the single teacher
+    pass; the students' own forward passes run in a plain loop, exactly as alone.
+    forward(x) -> K x B x C logits.
+    """
+
+    def __init__(self, models):
+        self.models = list(models)
+        if not self.models:
+            raise ValueError("need at least one model")
+        self.k = len(self.models)
+
+    def to(self, device):
+        self.models = [m.to(device) for m in self.models]
+        return self
+
+    def parameters(self):
+        return [p for m in self.models for p in m.parameters()]
+
+    def train(self, mode: bool = True):
+        for m in self.models:
+            m.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def __call__(self, x, per_member: bool = False):
+        if per_member:
+            return torch.stack([m(xi) for m, xi in zip(self.models, x)])
+        return torch.stack([m(x) for m in self.models])
+
+    def unstack(self, like: torch.nn.Module) -> list[torch.nn.Module]:
+        return self.models
+
+
+STACK_MODES = ("auto", "vmap", "loop")
+
+
+def make_stack(models, mode: str, device: torch.device):
+    """StackedModels ("vmap") or LoopedModels ("loop"); "auto": vmap on CUDA, loop on CPU."""
+    if mode not in STACK_MODES:
+        raise ValueError(f"mode must be one of {STACK_MODES}, got {mode!r}")
+    if mode == "auto":
+        mode = "vmap" if device.type == "cuda" else "loop"
+    if mode == "vmap":
+        return StackedModels(models).to(device)
+    StackedModels(models)  # same architecture check
+    return LoopedModels(models).to(device)
+
+
+def _sgd(stack, recipe: Recipe):
     opt = torch.optim.SGD(stack.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
 
 
 @torch.no_grad()
-def _stacked_test_logits(stack: StackedModels, dd, device, batch_size=1024) -> torch.Tensor:
+def _stacked_test_logits(stack, dd, device, batch_size=1024) -> torch.Tensor:
     stack.eval()
     out = []
     for b in dd.test_batches(batch_size):
@@ -116,13 +170,17 @@ def _stacked_test_logits(stack: StackedModels, dd, device, batch_size=1024) -> t
 
 def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int = 0,
                     device="auto", progress: bool = True, eval_every: int = 0,
-                    step_callback=None) -> list[dict]:
+                    step_callback=None, mode: str = "auto") -> list[dict]:
     """Distil one teacher into K students at once, all on the same batches.
 
     specs: one dict per student with "loss" ("kd", "dist" or a callable), "temperature" > 0
     and optionally "alpha" (default 1.0). seed: the shared batch order and augmentation.
     eval_every: test metrics every that many epochs in the history (0: only at the end).
     step_callback(step, losses): called with a K-vector of the members' losses per step.
+    mode: "vmap" (torch.func stacking: grouped kernels, the fast path on a GPU), "loop" (the
+    students' forward passes one after another: the fast path on a CPU, where grouped
+    convolutions gain nothing) or "auto" (vmap on CUDA, loop otherwise). Both share the
+    batches, the single teacher pass per batch and one optimizer step for all students.
     Returns one record per student, in the format of `kdlib.train.distill`.
     """
     students = list(students)
@@ -164,7 +222,7 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
                                    alphas.to(s32.dtype), y)
         return torch.stack([d(s_logits[i], t_logits, y) for i, d in enumerate(distillers)])
 
-    stack = StackedModels(students).to(dev)
+    stack = make_stack(students, mode, dev)
     opt, sched = _sgd(stack, recipe)
     gen = torch.Generator().manual_seed(seed)
     histories = [[] for _ in students]
@@ -213,7 +271,8 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
     labels = dd.test_y.cpu()
     trained = stack.unstack(students[0])
     for m, s in zip(students, trained):
-        m.load_state_dict(s.state_dict())
+        if m is not s:
+            m.load_state_dict(s.state_dict())
     records = []
     for i, s in enumerate(specs):
         loss = s["loss"] if isinstance(s["loss"], str) else getattr(s["loss"], "__name__", "fn")

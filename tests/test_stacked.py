@@ -25,7 +25,8 @@ def teacher(digits_small):
     return t
 
 
-def test_stacked_students_match_students_trained_alone(digits64, teacher):
+@pytest.mark.parametrize("mode", ["vmap", "loop"])
+def test_stacked_students_match_students_trained_alone(mode, digits64, teacher):
     # 400 images / batch 64 = 7 steps per epoch: 8 epochs = 56 steps
     recipe = Recipe(epochs=8, batch_size=64, lr=0.05, milestones=(6,))
     specs = [{"loss": "kd", "temperature": 4.0}, {"loss": "dist", "temperature": 4.0},
@@ -33,7 +34,7 @@ def test_stacked_students_match_students_trained_alone(digits64, teacher):
     t64 = copy.deepcopy(teacher).double()
     stacked_losses = []
     students = [make_model("resnet8", digits64, seed=7).double() for _ in specs]
-    records = distill_stacked(students, t64, digits64, specs, recipe, seed=3,
+    records = distill_stacked(students, t64, digits64, specs, recipe, seed=3, mode=mode,
                               progress=False, step_callback=lambda s, v: stacked_losses.append(v))
     assert len(stacked_losses) == 56
     for i, spec in enumerate(specs):
@@ -81,6 +82,9 @@ def test_stacked_validation(digits_small, teacher):
     with pytest.raises(ValueError, match="not stackable"):
         distill_stacked([s], teacher, digits_small, [{"loss": "fitnet", "temperature": 1}], r,
                         progress=False)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        distill_stacked([s], teacher, digits_small, [{"loss": "kd", "temperature": 1}], r,
+                        progress=False, mode="grouped")
     with pytest.raises(ValueError, match="one architecture"):
         StackedModels([s, make_model("resnet14", digits_small)])
     with pytest.raises(ValueError, match="one seed per model"):
