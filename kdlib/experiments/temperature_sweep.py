@@ -67,8 +67,8 @@ presets.register(NAME, {
             {"name": "digits resnet20->resnet8",
              "data": {"name": "digits"},
              "teacher": "resnet20", "teacher_kwargs": {}, "teacher_recipe": _recipe(30),
-             "student": "resnet8", "student_kwargs": {}, "student_recipe": _recipe(10),
-             "temperatures": PAPER_TEMPERATURES, "seeds": [0, 1]},
+             "student": "resnet8", "student_kwargs": {}, "student_recipe": _recipe(15),
+             "temperatures": PAPER_TEMPERATURES, "seeds": [0, 1, 2]},
         ],
         # Figure 4: one student, teachers trained for different lengths, tau fixed
         "calibration_teachers": {
