@@ -168,6 +168,20 @@ def _stacked_test_logits(stack, dd, device, batch_size=1024) -> torch.Tensor:
     return torch.cat(out, dim=1).cpu()  # K x N x C
 
 
+def _end_epoch(histories, stack, dd, device, recipe, epoch, tot, correct, seen, eval_every):
+    """Append each member's row for `epoch` (train loss/accuracy, test metrics if due)."""
+    test = None
+    if eval_every and (epoch + 1) % eval_every == 0:
+        logits = _stacked_test_logits(stack, dd, device)
+        test = [classification_metrics(logits[i], dd.test_y.cpu()) for i in range(stack.k)]
+    for i, h in enumerate(histories):
+        row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
+               "train_loss": float(tot[i]) / seen, "train_accuracy": float(correct[i]) / seen}
+        if test is not None:
+            row.update({f"test_{key}": v for key, v in test[i].items()})
+        h.append(row)
+
+
 def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int = 0,
                     device="auto", progress: bool = True, eval_every: int = 0,
                     step_callback=None, mode: str = "auto") -> list[dict]:
@@ -252,16 +266,7 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
                 step_callback(step, losses.detach().double().cpu())
             step += 1
         sched.step()
-        test = None
-        if eval_every and (epoch + 1) % eval_every == 0:
-            logits = _stacked_test_logits(stack, dd, dev)
-            test = [classification_metrics(logits[i], dd.test_y.cpu()) for i in range(stack.k)]
-        for i, h in enumerate(histories):
-            row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
-                   "train_loss": float(tot[i]) / seen, "train_accuracy": float(correct[i]) / seen}
-            if test is not None:
-                row.update({f"test_{k}": v for k, v in test[i].items()})
-            h.append(row)
+        _end_epoch(histories, stack, dd, dev, recipe, epoch, tot, correct, seen, eval_every)
         bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
     bar.close()
     seconds = time.perf_counter() - t0
@@ -356,16 +361,7 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
             correct += (logits.detach().argmax(-1) == y).sum(1)
             seen += n
         sched.step()
-        test = None
-        if eval_every and (epoch + 1) % eval_every == 0:
-            lg = _stacked_test_logits(stack, dd, dev)
-            test = [classification_metrics(lg[i], dd.test_y.cpu()) for i in range(k)]
-        for i, h in enumerate(histories):
-            row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
-                   "train_loss": float(tot[i]) / seen, "train_accuracy": float(correct[i]) / seen}
-            if test is not None:
-                row.update({f"test_{key}": v for key, v in test[i].items()})
-            h.append(row)
+        _end_epoch(histories, stack, dd, dev, recipe, epoch, tot, correct, seen, eval_every)
         bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
     bar.close()
     seconds = time.perf_counter() - t0

@@ -89,3 +89,14 @@ def test_stacked_validation(digits_small, teacher):
         StackedModels([s, make_model("resnet14", digits_small)])
     with pytest.raises(ValueError, match="one seed per model"):
         train_stacked([s], digits_small, r, seeds=[0, 1], progress=False)
+
+
+def test_history_has_test_metrics_when_asked(digits_small, teacher):
+    specs = [{"loss": "kd", "temperature": 2.0}, {"loss": "dist", "temperature": 2.0}]
+    recs = distill_stacked([make_model("resnet8", digits_small, seed=1) for _ in specs], teacher,
+                           digits_small, specs, Recipe(epochs=2, batch_size=128), eval_every=1,
+                           progress=False)
+    for rec in recs:
+        assert [h["epoch"] for h in rec["history"]] == [1, 2]
+        # the last epoch's test accuracy is the record's final accuracy
+        assert rec["history"][-1]["test_accuracy"] == pytest.approx(rec["metrics"]["accuracy"])
