@@ -9,6 +9,9 @@ from importlib import resources
 
 import pandas as pd
 
+# The distillation temperatures of the paper's Table 6 (and Figures 2, 3, 6)
+PAPER_TEMPERATURES = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0]
+
 TABLES = {
     "table1": "table1_gmm_optimal_teacher.csv",
     "table2": "table2_takd_cifar100.csv",

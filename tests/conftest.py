@@ -17,3 +17,13 @@ def gmm_small():
     from kdlib.data import load_dataset
 
     return load_dataset("gmm10", n_train=1000, n_test=500)
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models train several times faster on one thread than on two when the machine
+    is shared (threads wait on each other); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

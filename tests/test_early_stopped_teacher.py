@@ -4,25 +4,15 @@ tiny end-to-end run."""
 import matplotlib
 import pandas as pd
 import pytest
-import torch
 
 from kdlib import presets
 from kdlib.experiments import early_stopped_teacher as es
-from kdlib.experiments.teacher_assistant import recipe_from_spec
 from kdlib.paper import paper_table
-from kdlib.recipe import Recipe
+from kdlib.recipe import Recipe, recipe_from_spec
 
 matplotlib.use("Agg")
 
 
-@pytest.fixture()
-def one_thread():
-    """Tiny models train several times faster on one thread than on two when the machine
-    is shared (threads wait on each other); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------ configuration

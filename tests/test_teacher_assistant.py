@@ -6,7 +6,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from kdlib import presets
 from kdlib.experiments import teacher_assistant as ta
@@ -15,14 +14,6 @@ from kdlib.recipe import Recipe
 matplotlib.use("Agg")
 
 
-@pytest.fixture()
-def one_thread():
-    """Tiny models train several times faster on one thread than on two when the machine
-    is shared (threads wait on each other); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------ configuration

@@ -24,12 +24,13 @@ from kdlib import presets
 from kdlib._validate import check_choice, check_int, check_positive
 from kdlib.analysis import bootstrap_spearman
 from kdlib.experiments.tsne_features import load_teacher
+from kdlib.paper import PAPER_TEMPERATURES
 from kdlib.recipe import recipe_from_spec
 
 NAME = "feature_kd"
 LOGIT_LOSSES = ("kd", "dist")
 LOSS_ORDER = ("fitnet", "kd", "dist")
-PAPER_TAUS = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0]
+PAPER_TAUS = PAPER_TEMPERATURES  # Table 6's grid
 
 presets.register(NAME, {
     "smoke": {

@@ -28,13 +28,11 @@ import torch
 
 from kdlib import analysis, fidelity, presets
 from kdlib._validate import as_tensor, check_choice, check_int, check_positive
+from kdlib.paper import PAPER_TEMPERATURES
 from kdlib.recipe import recipe_from_spec
 
 NAME = "fidelity_exaggeration"
 REFERENCES = ("t1", "tau")
-
-# Table 6 of Fan et al. (CIFAR-100, ResNet-56 -> ResNet-14)
-PAPER_TEMPERATURES = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0]
 
 presets.register(NAME, {
     "smoke": {

@@ -24,11 +24,10 @@ import pandas as pd
 from kdlib import calibration, presets, sweep
 from kdlib.analysis import paper_spearman, spearman_table
 from kdlib.experiments.common import load_data, store_path, teacher_cache_dir
-from kdlib.paper import paper_table
+from kdlib.paper import PAPER_TEMPERATURES, paper_table
 from kdlib.recipe import recipe_from_spec
 
 NAME = "temperature_sweep"
-PAPER_TEMPERATURES = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0]
 PAPER_MILESTONES = [150, 180, 210]
 LOSSES = ["kd", "dist"]
 

@@ -29,11 +29,12 @@ import torch
 
 from kdlib import presets
 from kdlib._validate import as_tensor, check_int, check_positive
+from kdlib.paper import PAPER_TEMPERATURES
 from kdlib.recipe import recipe_from_spec
 
 NAME = "tsne_features"
 ROLES = ("calibrated", "miscalibrated")
-PAPER_TAUS = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0]  # Table 6's grid
+PAPER_TAUS = PAPER_TEMPERATURES  # Table 6's grid
 METRICS = ("accuracy", "ece", "knn_accuracy", "silhouette", "n_confused", "confused_fraction",
            "separation_ratio")
 
