@@ -10,13 +10,13 @@ targets=targets[i])`: same initialization (the weights of models[i]), the same m
 the same loss (soft cross-entropy, mean over the batch; cross-entropy on labels when a
 target is None), and torch's SGD (momentum, weight decay on every parameter, MultiStepLR).
 
-Why it is faster than `kdlib.stacked.train_stacked` for MLPs: each layer of all K members is
-one `torch.baddbmm` (K x B x d_in @ K x d_in x d_out), the gradients come from the closed
-form of an MLP's backward pass (no autograd graph, no vmap/functional_call) and are
-accumulated straight into SGD's momentum buffers (buf = momentum * buf + grad in one
-`baddbmm_`), weight decay and the step are two foreach ops, each epoch's batches are
-gathered once for all members, and nothing is copied to the host inside an epoch. The
-remaining cost is mostly the matrix products themselves, the same FLOPs as K separate runs.
+Why it is faster than K separate runs: each layer of a group of members is one
+`torch.baddbmm`, the gradients come from the closed form of an MLP's backward pass (no
+autograd graph) and go straight into SGD's momentum buffers, the optimizer step is two ops
+on one flat parameter vector, each epoch's batches are gathered once, and a whole epoch runs
+as one TorchScript call (`kdlib.mlp_epoch`) that holds no GIL. On the CPU the members are
+split into `workers` groups trained in parallel threads, one core each. What remains is
+mostly the matrix products themselves: the same FLOPs as K separate runs.
 Computation is in the weights' dtype (float32, or float64 for exactness checks); no mixed
 precision (also on CUDA).
 """
@@ -24,6 +24,7 @@ precision (also on CUDA).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from kdlib._validate import check_int
 from kdlib.batches import normalize, to_float
 from kdlib.devices import resolve_device
+from kdlib.mlp_epoch import steps_function
 from kdlib.recipe import Recipe
 
 __all__ = ["stack_mlp_weights", "stacked_mlp_logits", "train_mlps_stacked"]
@@ -58,22 +60,21 @@ def _check_models(models) -> list:
 
 
 def stack_mlp_weights(models, device="cpu") -> list[torch.Tensor]:
-    """[W_1, b_1, ..., W_L, b_L]: hidden layers' W_l as K x d_in x d_out (the transposed
-    nn.Linear weight), the output layer's W_L as K x C x d_in (nn.Linear's own layout), biases
-    b_l as K x 1 x d_out; in the models' dtype on `device`. (These layouts let every product of
-    the backward pass read contiguous operands or a single transposed view.)
-    models: kdlib.models.MLP instances of one shape."""
+    """[W_1, b_1, ..., W_L, b_L] in the layouts of `kdlib.mlp_epoch`: hidden layers' W_l as
+    K x d_in x d_out (the transposed nn.Linear weight) with b_l as K x 1 x d_out; the output
+    layer's W_L as K x C x d_in (nn.Linear's own layout) with b_L as K x C x 1; in the models'
+    dtype on `device`. models: kdlib.models.MLP instances of one shape."""
     models = _check_models(models)
     device = resolve_device(device)
     params = []
     n_hidden = len(models[0].layers)
     for layer_idx in range(n_hidden + 1):
-        lins = [m.layers[layer_idx] if layer_idx < n_hidden else m.fc for m in models]
-        weights = [lin.weight.detach() if layer_idx == n_hidden else lin.weight.detach().t()
-                   for lin in lins]
+        last = layer_idx == n_hidden
+        lins = [m.fc if last else m.layers[layer_idx] for m in models]
+        weights = [lin.weight.detach() if last else lin.weight.detach().t() for lin in lins]
+        biases = [lin.bias.detach().unsqueeze(1 if last else 0) for lin in lins]
         params.append(torch.stack(weights).to(device).contiguous())
-        params.append(torch.stack([lin.bias.detach().unsqueeze(0) for lin in lins]).to(device)
-                      .contiguous())
+        params.append(torch.stack(biases).to(device).contiguous())
     return params
 
 
@@ -82,14 +83,15 @@ def _write_back(models, params) -> None:
         for i, m in enumerate(models):
             lins = [*m.layers, m.fc]
             for j, lin in enumerate(lins):
+                last = j == len(lins) - 1
                 w = params[2 * j][i]
-                lin.weight.copy_((w if j == len(lins) - 1 else w.t()).to(lin.weight.device))
-                lin.bias.copy_(params[2 * j + 1][i, 0].to(lin.bias.device))
+                lin.weight.copy_((w if last else w.t()).to(lin.weight.device))
+                b = params[2 * j + 1][i]
+                lin.bias.copy_((b[:, 0] if last else b[0]).to(lin.bias.device))
 
 
 def _forward(params, x):
-    """x: K x B x d (or 1 x B x d shared) -> (logits K x B x C, activations per layer input)."""
-    acts = [x]
+    """x: K x B x d (or 1 x B x d shared) -> logits K x B x C."""
     h = x
     n_layers = len(params) // 2
     for j in range(n_layers):
@@ -98,10 +100,9 @@ def _forward(params, x):
             h = h.expand(w.shape[0], -1, -1)
         if j < n_layers - 1:
             h = torch.baddbmm(b, h, w).clamp_min_(0.0)
-            acts.append(h)
         else:
-            h = torch.baddbmm(b, h, w.transpose(1, 2))
-    return h, acts
+            h = torch.baddbmm(b.transpose(1, 2), h, w.transpose(1, 2))
+    return h
 
 
 def stacked_mlp_logits(params, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -110,13 +111,14 @@ def stacked_mlp_logits(params, x: torch.Tensor, chunk: int = 4096) -> torch.Tens
     out = []
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
-            out.append(_forward(params, x[start:start + chunk].unsqueeze(0))[0])
+            out.append(_forward(params, x[start:start + chunk].unsqueeze(0)))
     return torch.cat(out, dim=1)
 
 
 def _check_targets(targets, k, n, c, labels, device, dtype):
-    """-> (T x N x C distinct target tensors, K member -> target index). None entries (and
-    targets=None) mean the one-hot labels (soft CE on a one-hot target is cross-entropy)."""
+    """-> (T x C x N distinct targets, classes first; list: member -> target index). None
+    entries (and targets=None) mean the one-hot labels (soft CE on a one-hot target is
+    cross-entropy)."""
     if targets is None or not isinstance(targets, (list, tuple)):
         targets = [targets] * k
     if len(targets) != k:
@@ -142,11 +144,57 @@ def _check_targets(targets, k, n, c, labels, device, dtype):
         if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
             raise ValueError("targets must be finite, non-negative class probabilities")
         tensors.append(t)
-    return torch.stack(tensors), torch.tensor(index, device=device)
+    return torch.stack(tensors).transpose(1, 2).contiguous(), index
+
+
+def _check_workers(workers, k: int, dev: torch.device) -> int:
+    if isinstance(workers, str) and workers == "auto":
+        return 1 if dev.type != "cpu" else max(1, min(k, torch.get_num_threads()))
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an integer >= 1 or 'auto', got {workers!r}")
+    workers = check_int(workers, "workers", minimum=1)
+    if dev.type != "cpu" and workers != 1:
+        raise ValueError(f"workers > 1 splits runs over CPU cores; on {dev.type} use 1 or "
+                         "'auto'")
+    return min(workers, k)
+
+
+class _Group:
+    """Members [lo, hi) of the stack, trained together by one worker: their parameters and
+    SGD momentum buffers, each in one flat vector laid out layer by layer (W_1 of every
+    member, then b_1, ...) so that the SGD step is one op and every per-layer view is
+    contiguous, and their batch-order generators."""
+
+    def __init__(self, params, lo: int, hi: int, seeds):
+        self.lo, self.hi = lo, hi
+        parts = [p[lo:hi] for p in params]
+        self.flat_p = torch.cat([p.reshape(-1) for p in parts])
+        self.flat_g = torch.zeros_like(self.flat_p)
+        self.params, self.bufs, offset = [], [], 0
+        for p in parts:
+            self.params.append(self.flat_p[offset:offset + p.numel()].view(p.shape))
+            self.bufs.append(self.flat_g[offset:offset + p.numel()].view(p.shape))
+            offset += p.numel()
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds[lo:hi]]
+
+    def run_epoch(self, fn, threads, tensors, member_target, recipe, lr):
+        """One epoch (threads: torch intra-op threads for the calling worker thread; 0 =
+        leave as is). -> (summed training losses, hits), one per member, CPU tensors."""
+        if threads:
+            torch.set_num_threads(threads)
+        n = tensors[0].shape[0]
+        perms = torch.stack([torch.randperm(n, generator=g) for g in self.gens])
+        loss_sums, correct = fn(self.params[0::2], self.params[1::2], self.bufs[0::2],
+                                self.bufs[1::2], self.flat_p, self.flat_g, *tensors,
+                                member_target[self.lo:self.hi],
+                                perms.to(tensors[0].device), 0, n, recipe.batch_size, lr,
+                                float(recipe.momentum), float(recipe.weight_decay))
+        return loss_sums.cpu(), correct.cpu()
 
 
 def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="auto",
-                       progress: bool = True, eval_every: int = 0, on_epoch=None) -> list[dict]:
+                       progress: bool = True, eval_every: int = 0, on_epoch=None,
+                       workers="auto", script: bool = True) -> list[dict]:
     """Train K MLPs (kdlib.models.MLP, one shape) at once; run i uses batch order `seeds[i]`.
 
     data: a kdlib.data.Dataset with vector inputs and augment=False (e.g. a GMM task); its
@@ -154,7 +202,13 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
     on the labels), one N_train x C probability tensor shared by all runs, or a list of K
     entries (tensor or None = labels). eval_every: test metrics in the history every that
     many epochs (0: only at the end). on_epoch(epoch, losses): called after each epoch with
-    the K members' mean training losses (CPU tensor).
+    the K members' mean training losses (CPU tensor). workers: on the CPU, the runs are shared
+    out among this many threads of one core each, balanced to the step (see `_phase_plan`;
+    "auto": one per torch intra-op thread, at most K, so 2 on 2 cores; 1 on GPUs). With one
+    worker everything runs in the calling thread with its thread settings. Results do not
+    depend on the number of workers beyond float rounding. script: run the steps as
+    TorchScript (False: eagerly, for debugging, and with one worker, as eager ops hold the
+    GIL).
     Trains in place (the weights are written back into `models`) and returns one record per
     run in the format of `kdlib.train.train` (metrics from the last epoch).
     """
@@ -184,6 +238,10 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
                          f"the data has {data.train_x.shape[1]} features and "
                          f"{data.num_classes} classes")
     dev = resolve_device(device)
+    n_workers = _check_workers(workers, k, dev)
+    fn, scripted = steps_function(script)
+    if not scripted:
+        n_workers = 1  # eager ops hold the GIL: threads would only take turns
     params = stack_mlp_weights(models, dev)
     dtype = params[0].dtype
 
@@ -195,79 +253,57 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
     n, c = len(train_y), data.num_classes
     per_member = list(targets) if isinstance(targets, (list, tuple)) else [targets] * k
     tgt, member_target = _check_targets(per_member, k, n, c, train_y, dev, dtype)
-    tgt_sum = tgt.sum(-1, keepdim=True)  # T x N x 1 (1 for probability rows)
-
-    momentum, wd = float(recipe.momentum), float(recipe.weight_decay)
-    bufs = [torch.zeros_like(p) for p in params]  # SGD momentum buffers
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    n_layers = len(params) // 2
+    tgt_sum = tgt.sum(1, keepdim=True)  # T x 1 x N (1 for probability rows)
     bs = recipe.batch_size
-    sizes = torch.tensor([min(bs, n - a) for a in range(0, n, bs)], device=dev,
-                         dtype=torch.float64)
+    sizes = torch.tensor([min(bs, n - a) for a in range(0, n, bs)], dtype=torch.float64)
     # 1 / (size of the batch a sample lands in), by position in the epoch's order
-    inv_size = (1.0 / sizes).repeat_interleave(sizes.long()).to(dtype).view(1, n, 1)
-    ones = torch.ones(k, 1, bs, device=dev, dtype=dtype)
+    inv_size = (1.0 / sizes).repeat_interleave(sizes.long()).to(dev, dtype).view(1, 1, n)
+
+    bounds = [round(i * k / n_workers) for i in range(n_workers + 1)]
+    groups = [_Group(params, lo, hi, seeds) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    old_threads = torch.get_num_threads()
+    # several workers: threads of one intra-op thread each (more per worker thread makes
+    # OpenMP crawl); one worker: the caller's thread and settings
+    pool = ThreadPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
+    threaded = 1 if pool is not None else 0
+    tensors = (train_x, train_y, tgt, tgt_sum, inv_size)
     histories = [[] for _ in models]
     t0 = time.perf_counter()
     bar = tqdm(range(recipe.epochs), desc=f"{k} stacked MLPs", disable=not progress,
                leave=False)
-    for epoch in bar:
-        lr = recipe.lr_at(epoch)
-        # the epoch's batches of all members, gathered once (K x N x ... in batch order), the
-        # targets and their row sums pre-divided by the batch size
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
-        xe = train_x[perms]
-        ye = train_y[perms]
-        # classes before samples (K x C x N): the softmax and the output gradient then run
-        # over a middle dimension, much faster on CPU than over a short last one
-        qe = tgt[member_target.unsqueeze(1), perms].mul_(inv_size).transpose(1, 2).contiguous()
-        se = tgt_sum[member_target.unsqueeze(1), perms].mul_(inv_size).view(k, 1, n)
-        hits = torch.empty(k, n, device=dev, dtype=torch.bool)
-        step_means = []  # per step: K, minus the members' mean batch losses
-        batches = zip(xe.split(bs, 1), ye.split(bs, 1), qe.split(bs, 2), se.split(bs, 2),
-                      hits.split(bs, 1))
-        for x, y, q, qsum, hit in batches:  # q: K x C x B, qsum: K x 1 x B, both / B
-            logits, acts = _forward(params, x)  # K x B x C
-            torch.eq(logits.argmax(-1), y, out=hit)
-            logp = torch.log_softmax(logits.transpose(1, 2), dim=1)  # K x C x B
-            step_means.append((q * logp).sum((1, 2)))
-            # d(mean_b -sum_c q log softmax)/dz = ((sum_c q) softmax - q) / B, as K x C x B
-            dz = logp.exp_().mul_(qsum).sub_(q)
-            ones_b = ones if x.shape[1] == bs else ones[:, :, :x.shape[1]]
-            # backward fused with SGD's momentum: buf = momentum * buf + grad
-            j = n_layers - 1
-            bufs[2 * j].baddbmm_(dz, acts[j], beta=momentum)
-            bufs[2 * j + 1].baddbmm_(ones_b, dz.transpose(1, 2), beta=momentum)
-            if n_layers > 1:
-                dx = torch.bmm(dz.transpose(1, 2), params[2 * j])  # K x B x d_in
-            for j in range(n_layers - 2, -1, -1):  # hidden layers, W_j: K x d_in x d_out
-                dz = torch.ops.aten.threshold_backward(dx, acts[j + 1], 0.0)  # ReLU'
-                bufs[2 * j].baddbmm_(acts[j].transpose(1, 2), dz, beta=momentum)
-                bufs[2 * j + 1].baddbmm_(ones_b, dz, beta=momentum)
-                if j:
-                    dx = torch.bmm(dz, params[2 * j].transpose(1, 2))
-            # torch.optim.SGD's weight decay (grad += wd * p, inside the momentum), then the step
-            if wd:
-                torch._foreach_add_(bufs, params, alpha=wd)
-            torch._foreach_add_(params, bufs, alpha=-lr)
-        losses = -(torch.stack(step_means, 1).double() * sizes).sum(1).cpu() / n
-        correct = hits.sum(1)
-        acc = (correct.double() / n).cpu()
-        test = None
-        if eval_every and (epoch + 1) % eval_every == 0:
-            lg = stacked_mlp_logits(params, test_x).float().cpu()
-            test = [classification_metrics(lg[i], test_y.cpu()) for i in range(k)]
-        for i, h in enumerate(histories):
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(losses[i]),
-                   "train_accuracy": float(acc[i])}
-            if test is not None:
-                row.update({f"test_{key}": v for key, v in test[i].items()})
-            h.append(row)
-        if on_epoch is not None:
-            on_epoch(epoch, losses)
-        bar.set_postfix(mean_loss=f"{float(losses.mean()):.3f}")
-    bar.close()
+    try:
+        for epoch in bar:
+            lr = recipe.lr_at(epoch)
+            job = (fn, threaded, tensors, member_target, recipe, lr)
+            if pool is None:
+                results = [g.run_epoch(*job) for g in groups]
+            else:
+                results = list(pool.map(_Group.run_epoch, groups,
+                                        *([a] * n_workers for a in job)))
+            loss_sums = torch.cat([r[0] for r in results])
+            correct = torch.cat([r[1] for r in results])
+            losses = loss_sums / n
+            acc = correct.double() / n
+            test = None
+            if eval_every and (epoch + 1) % eval_every == 0:
+                lg = stacked_mlp_logits(_params_of(groups), test_x).float().cpu()
+                test = [classification_metrics(lg[i], test_y.cpu()) for i in range(k)]
+            for i, h in enumerate(histories):
+                row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(losses[i]),
+                       "train_accuracy": float(acc[i])}
+                if test is not None:
+                    row.update({f"test_{key}": v for key, v in test[i].items()})
+                h.append(row)
+            if on_epoch is not None:
+                on_epoch(epoch, losses)
+            bar.set_postfix(mean_loss=f"{float(losses.mean()):.3f}")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(old_threads)
     seconds = time.perf_counter() - t0
+    params = _params_of(groups)
     logits = stacked_mlp_logits(params, test_x).float().cpu()
     _write_back(models, params)
     records = []
@@ -275,8 +311,16 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
         config = {"kind": "train", "recipe": recipe.to_dict(), "seed": seeds[i],
                   "targets": "labels" if per_member[i] is None else "soft", "device": dev.type,
                   "model": "MLP", "hidden": list(models[0].hidden),
-                  "data": getattr(data, "name", "?"), "stacked": k, "engine": "stacked_mlp"}
+                  "data": getattr(data, "name", "?"), "stacked": k, "engine": "stacked_mlp",
+                  "workers": n_workers}
         records.append({"config": config, "history": histories[i],
                         "metrics": classification_metrics(logits[i], test_y.cpu()),
                         "metrics_from": "last_epoch", "seconds": seconds / k})
     return records
+
+
+def _params_of(groups) -> list[torch.Tensor]:
+    """All members' [W_1, b_1, ..., W_L, b_L], concatenated over the groups."""
+    if len(groups) == 1:
+        return groups[0].params
+    return [torch.cat(parts) for parts in zip(*(g.params for g in groups))]

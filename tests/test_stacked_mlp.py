@@ -24,17 +24,21 @@ def _soft(data):
     return torch.softmax(torch.log(data.train_posterior) / 2.0, dim=1).float().double()
 
 
-@pytest.mark.parametrize("recipe", [
-    Recipe(epochs=3, batch_size=128, lr=0.03, milestones=(2,)),
-    Recipe(epochs=2, batch_size=300, lr=0.1, momentum=0.0, weight_decay=0.0),
+@pytest.mark.parametrize("recipe,workers", [
+    (Recipe(epochs=3, batch_size=128, lr=0.03, milestones=(2,)), 1),
+    (Recipe(epochs=3, batch_size=128, lr=0.03, milestones=(2,)), 2),
+    (Recipe(epochs=2, batch_size=300, lr=0.1, momentum=0.0, weight_decay=0.0), 3),
 ])
-def test_members_match_runs_alone_float64(gmm64, recipe):
+def test_members_match_runs_alone_float64(gmm64, recipe, workers):
     # 1000 samples, batch 128: 7 full batches + one of 104 (kept, as the engine does)
     seeds = [0, 1, 2]
     targets = [gmm64.train_posterior, None, _soft(gmm64)]
     models = [make_model("mlp", gmm64, seed=s, hidden=(16, 8)).double() for s in seeds]
+    threads = torch.get_num_threads()
     records = train_mlps_stacked(models, gmm64, recipe, seeds, targets=targets,
-                                 device="cpu", progress=False, eval_every=1)
+                                 device="cpu", progress=False, eval_every=1, workers=workers)
+    assert torch.get_num_threads() == threads  # worker threads leave the caller's setting
+    assert records[0]["config"]["workers"] == workers
     for i, (s, t) in enumerate(zip(seeds, targets)):
         alone = make_model("mlp", gmm64, seed=s, hidden=(16, 8)).double()
         rec = train(alone, gmm64, recipe, seed=s, targets=t, device="cpu", progress=False,
@@ -81,7 +85,7 @@ def test_standardized_inputs_and_logits(gmm_small):
     # stacked_mlp_logits of the written-back weights = the module's own forward
     other = make_model("mlp", data, seed=9, hidden=(8,))
     params = stack_mlp_weights([model, other])
-    assert [tuple(p.shape) for p in params] == [(2, 2, 8), (2, 1, 8), (2, 10, 8), (2, 1, 10)]
+    assert [tuple(p.shape) for p in params] == [(2, 2, 8), (2, 1, 8), (2, 10, 8), (2, 10, 1)]
     x = torch.randn(50, 2)
     logits = stacked_mlp_logits(params, x, chunk=16)
     assert logits.shape == (2, 50, 10)
@@ -101,6 +105,33 @@ def test_linear_model_and_epoch_callback(gmm64):
     assert torch.allclose(ref.fc.weight, model.fc.weight, rtol=0, atol=1e-12)
     assert [e for e, _ in seen] == [0, 1]
     assert [v for _, v in seen] == [h["train_loss"] for h in recs[0]["history"]]
+
+
+def test_eager_steps_match_torchscript(gmm64):
+    # script=False runs the very same function eagerly: the compiled one must not differ
+    recipe = Recipe(epochs=2, batch_size=128, lr=0.05)
+    runs = {}
+    for script in (True, False):
+        models = [make_model("mlp", gmm64, seed=s, hidden=(8, 8)).double() for s in (0, 1)]
+        recs = train_mlps_stacked(models, gmm64, recipe, [0, 1], progress=False, device="cpu",
+                                  targets=gmm64.train_posterior, script=script)
+        runs[script] = (models, recs)
+    for a, b in zip(runs[True][0], runs[False][0]):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(p, q, rtol=0, atol=1e-13), name
+    assert [h["train_loss"] for h in runs[True][1][1]["history"]] == pytest.approx(
+        [h["train_loss"] for h in runs[False][1][1]["history"]], abs=1e-13)
+
+
+def test_steps_function_compiles_once():
+    from kdlib.mlp_epoch import mlp_train_steps, steps_function
+
+    fn, scripted = steps_function()
+    assert scripted and isinstance(fn, torch.jit.ScriptFunction)
+    assert steps_function()[0] is fn
+    assert steps_function(script=False) == (mlp_train_steps, False)
+    with pytest.raises(TypeError, match="True or False"):
+        steps_function(script="yes")
 
 
 def test_validation(gmm_small, digits_small):
@@ -127,3 +158,7 @@ def test_validation(gmm_small, digits_small):
         train_mlps_stacked([m], gmm_small, {"epochs": 1}, [0], progress=False)
     with pytest.raises(TypeError, match="seed"):
         train_mlps_stacked([m], gmm_small, r, [0.5], progress=False)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        train_mlps_stacked([m], gmm_small, r, [0], progress=False, workers=0)
+    with pytest.raises(TypeError, match="integer >= 1 or .auto."):
+        train_mlps_stacked([m], gmm_small, r, [0], progress=False, workers="two")
