@@ -50,6 +50,7 @@ def mlp_sgd_steps(ws: list[torch.Tensor], bs: list[torch.Tensor], gws: list[torc
     top = n_layers - 1
     ones_col = torch.ones(k, batch_size, 1, dtype=xe.dtype, device=xe.device)
     ones_row = torch.ones(k, 1, batch_size, dtype=xe.dtype, device=xe.device)
+    ws_t = [w.transpose(1, 2) for w in ws]  # views: they follow the in-place updates
     zs: list[torch.Tensor] = []
     xs = xe.split(batch_size, 1)
     nqs = nq.split(batch_size, 2)
@@ -57,6 +58,9 @@ def mlp_sgd_steps(ws: list[torch.Tensor], bs: list[torch.Tensor], gws: list[torc
     for i in range(len(xs)):
         h = xs[i]
         b = h.shape[1]
+        col, row = ones_col, ones_row
+        if b != batch_size:  # the last, shorter batch
+            col, row = ones_col[:, :b], ones_row[:, :, :b]
         acts: list[torch.Tensor] = [h]
         for j in range(top):
             h = torch.baddbmm(bs[j], h, ws[j]).clamp_min_(0.0)
@@ -66,15 +70,15 @@ def mlp_sgd_steps(ws: list[torch.Tensor], bs: list[torch.Tensor], gws: list[torc
         dz = torch.addcmul(nqs[i], torch.softmax(z, 1), qss[i])
         # backward fused with SGD's momentum: buf = momentum * buf + grad
         gws[top].baddbmm_(dz, acts[top], beta=momentum)
-        gbs[top].baddbmm_(dz, ones_col[:, :b], beta=momentum)
+        gbs[top].baddbmm_(dz, col, beta=momentum)
         if n_layers > 1:
             dh = torch.bmm(dz.transpose(1, 2), ws[top])  # K x b x d_in
             for j in range(top - 1, -1, -1):
                 dzj = torch.ops.aten.threshold_backward(dh, acts[j + 1], 0.0)  # ReLU'
                 gws[j].baddbmm_(acts[j].transpose(1, 2), dzj, beta=momentum)
-                gbs[j].baddbmm_(ones_row[:, :, :b], dzj, beta=momentum)
+                gbs[j].baddbmm_(row, dzj, beta=momentum)
                 if j > 0:
-                    dh = torch.bmm(dzj, ws[j].transpose(1, 2))
+                    dh = torch.bmm(dzj, ws_t[j])
         if weight_decay != 0.0:
             flat_g.add_(flat_p, alpha=weight_decay)
         flat_p.add_(flat_g, alpha=-lr)
