@@ -150,9 +150,10 @@ def _check_targets(targets, k, n, c, labels, device, dtype):
 def _check_workers(workers, k: int, dev: torch.device) -> int:
     if isinstance(workers, str) and workers == "auto":
         return 1 if dev.type != "cpu" else max(1, min(k, torch.get_num_threads()))
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers must be an integer >= 1 or 'auto', got {workers!r}")
-    workers = check_int(workers, "workers", minimum=1)
+    try:
+        workers = check_int(workers, "workers", minimum=1)
+    except TypeError:
+        raise TypeError(f"workers must be an integer >= 1 or 'auto', got {workers!r}") from None
     if dev.type != "cpu" and workers != 1:
         raise ValueError(f"workers > 1 splits runs over CPU cores; on {dev.type} use 1 or "
                          "'auto'")
