@@ -203,13 +203,14 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
     on the labels), one N_train x C probability tensor shared by all runs, or a list of K
     entries (tensor or None = labels). eval_every: test metrics in the history every that
     many epochs (0: only at the end). on_epoch(epoch, losses): called after each epoch with
-    the K members' mean training losses (CPU tensor). workers: on the CPU, the runs are shared
-    out among this many threads of one core each, balanced to the step (see `_phase_plan`;
-    "auto": one per torch intra-op thread, at most K, so 2 on 2 cores; 1 on GPUs). With one
-    worker everything runs in the calling thread with its thread settings. Results do not
-    depend on the number of workers beyond float rounding. script: run the steps as
-    TorchScript (False: eagerly, for debugging, and with one worker, as eager ops hold the
-    GIL).
+    the K members' mean training losses (CPU tensor). workers: on the CPU, the runs are split
+    into this many groups of consecutive members, each trained in its own thread on one core
+    ("auto": one per torch intra-op thread, at most K, so 2 groups of 3 and 2 runs on 2
+    cores; 1 on GPUs). With one worker everything runs in the calling thread with its thread
+    settings. The grouping changes only float rounding (members match `train` to 1e-12 in
+    float64 with any grouping), but over hundreds of epochs that rounding can move final
+    float32 accuracies in the third decimal. script: run the steps as TorchScript (False:
+    eagerly, for debugging, and with one worker, as eager ops hold the GIL).
     Trains in place (the weights are written back into `models`) and returns one record per
     run in the format of `kdlib.train.train` (metrics from the last epoch).
     """
