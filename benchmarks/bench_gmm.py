@@ -66,7 +66,8 @@ def plain_loop(data, hidden, seeds, targets, epochs, batch_size, lr, device) -> 
 def products_floor(workers, runs, data, hidden, epochs, batch_size, device) -> float:
     """Wall time (s) of only the batched matrix products of stacked training (forward and
     backward, every layer, every step), with the runs split into `workers` threads as the
-    stacked arm splits them: the part no amount of overhead removal takes away."""
+    stacked arm splits them: the part no amount of overhead removal takes away (eager calls,
+    so it also holds their small per-call cost)."""
     widths = [data.train_x.shape[1], *hidden, data.num_classes]
     n = len(data.train_y)
     bounds = [round(i * runs / workers) for i in range(workers + 1)]
