@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from operator import methodcaller
 
 import torch
 from tqdm.auto import tqdm
@@ -178,11 +179,8 @@ class _Group:
             offset += p.numel()
         self.gens = [torch.Generator().manual_seed(s) for s in seeds[lo:hi]]
 
-    def run_epoch(self, fn, threads, tensors, member_target, recipe, lr):
-        """One epoch (threads: torch intra-op threads for the calling worker thread; 0 =
-        leave as is). -> (summed training losses, hits), one per member, CPU tensors."""
-        if threads:
-            torch.set_num_threads(threads)
+    def run_epoch(self, fn, tensors, member_target, recipe, lr):
+        """One epoch. -> (summed training losses, hits), one per member, CPU tensors."""
         n = tensors[0].shape[0]
         perms = torch.stack([torch.randperm(n, generator=g) for g in self.gens])
         loss_sums, correct = fn(self.params[0::2], self.params[1::2], self.bufs[0::2],
@@ -266,8 +264,9 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
     old_threads = torch.get_num_threads()
     # several workers: threads of one intra-op thread each (more per worker thread makes
     # OpenMP crawl); one worker: the caller's thread and settings
-    pool = ThreadPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
-    threaded = 1 if pool is not None else 0
+    pool = None
+    if n_workers > 1:
+        pool = ThreadPoolExecutor(n_workers, initializer=torch.set_num_threads, initargs=(1,))
     tensors = (train_x, train_y, tgt, tgt_sum, inv_size)
     histories = [[] for _ in models]
     t0 = time.perf_counter()
@@ -276,12 +275,8 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
     try:
         for epoch in bar:
             lr = recipe.lr_at(epoch)
-            job = (fn, threaded, tensors, member_target, recipe, lr)
-            if pool is None:
-                results = [g.run_epoch(*job) for g in groups]
-            else:
-                results = list(pool.map(_Group.run_epoch, groups,
-                                        *([a] * n_workers for a in job)))
+            epoch_of = methodcaller("run_epoch", fn, tensors, member_target, recipe, lr)
+            results = list((map if pool is None else pool.map)(epoch_of, groups))
             loss_sums = torch.cat([r[0] for r in results])
             correct = torch.cat([r[1] for r in results])
             losses = loss_sums / n
