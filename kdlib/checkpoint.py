@@ -6,12 +6,11 @@ dicts), so `torch.load(..., weights_only=True)` can read it without unpickling c
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from kdlib.atomic import atomic_torch_save
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -19,24 +18,11 @@ class CorruptCheckpointError(RuntimeError):
 
 
 def save_atomic(obj, path) -> Path:
-    """Write `obj` with torch.save to a temporary file beside `path`, then os.replace it.
+    """Write `obj` with torch.save to `path` atomically (see kdlib.atomic); returns the path.
 
     A reader never sees a half-written file: either the old file or the new one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -54,3 +40,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(obj, dict):
         raise CorruptCheckpointError(f"checkpoint {path} holds {type(obj).__name__}, not a dict")
     return obj
+
+
+def move_aside(path) -> Path:
+    """Rename an unusable file to `<name>.bad-<UTC time>` beside it (never deleted) and
+    return the new path, so that a rerun starts over while the evidence stays on disk."""
+    import time
+
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.bad-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.bad-{stamp}-{n}")
+        n += 1
+    path.replace(target)
+    return target
