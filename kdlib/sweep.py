@@ -15,6 +15,16 @@ short-lived claims, so no cell is computed twice while its first computation is 
 Only the process that calls ``run`` writes the store; with an executor (thread pool, process
 pool, ``dask.distributed.Client.get_executor()``) workers only compute ``fn``.
 
+A process pool whose worker dies in a cell (out-of-memory killer, segfault) breaks; ``run``
+then records that cell as failed (``_error_type`` ``"WorkerDied"``), re-queues the innocent
+cells that were in flight, continues on a fresh pool and raises ``SweepError`` at the end. To
+tell which cell killed the pool, each worker writes "cell K started in pid P" to a marker file
+before calling fn; after a break, the cells whose worker died by itself (any exit status but
+the pool's own SIGTERM) are blamed, the others re-queued. Deaths are counted per cell in the
+store (table ``sweep_deaths``, cleared when the cell succeeds): after ``max_worker_deaths``
+of them the cell is skipped. Pool workers exit when the process that runs the sweep dies
+(``PR_SET_PDEATHSIG`` on Linux, a thread watching the parent pid everywhere).
+
 Records (``SweepResults`` items) hold the cell's keys, then the result's keys, then metadata
 columns whose names start with ``_``: ``_key``, ``_seconds`` (duration of the fn call, seconds)
 and ``_finished_at`` (UTC, ISO 8601).
@@ -32,8 +42,12 @@ import json
 import math
 import os
 import pickle
+import shutil
+import signal
 import socket
 import sqlite3
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -59,6 +73,16 @@ LEASE_SECONDS = 60.0
 """A claim not renewed for this long is considered abandoned (claims are renewed every
 LEASE_SECONDS / 4 while the owner lives; a dead owner on the same host is detected at once)."""
 POLL_SECONDS = 0.2
+MAX_WORKER_DEATHS = 2
+"""Default ``max_worker_deaths`` of run(): a cell whose worker process died this many times
+(counted in the store, across runs) is skipped instead of run again."""
+MAX_UNBLAMED_BREAKS = 3
+"""run() raises after this many process-pool breaks in a row that no cell can be blamed for
+(e.g. the pool's initializer fails, or workers are killed while idle)."""
+WATCHDOG_SECONDS = 0.5
+"""How often a pool worker checks that the process running the sweep is still alive."""
+WORKER_DIED = "WorkerDied"
+"""``_error_type`` of a cell whose worker process died while running it."""
 """How often a run re-checks cells that another live process is computing."""
 BUSY_TIMEOUT_SECONDS = 60.0
 
@@ -86,6 +110,12 @@ CREATE TABLE IF NOT EXISTS sweep_errors (
     failed_at TEXT NOT NULL,
     attempts INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sweep_deaths (
+    key TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    deaths INTEGER NOT NULL,
+    last_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sweep_claims (
     key TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,
@@ -96,6 +126,7 @@ CREATE TABLE IF NOT EXISTS sweep_claims (
 );
 """
 _TABLES = ("sweep_meta", "sweep_results", "sweep_errors", "sweep_claims")
+"""Tables every store has; ``sweep_deaths`` (added later, created by run) is optional."""
 
 _ALL = object()  # status(): every namespace
 
@@ -507,15 +538,37 @@ class _Store:
                  seconds, _utc_now()),
             )
             self.conn.execute("DELETE FROM sweep_errors WHERE key = ?", (key,))
+            self.conn.execute("DELETE FROM sweep_deaths WHERE key = ?", (key,))
             self.conn.execute(
                 "DELETE FROM sweep_claims WHERE key = ? AND owner = ?", (key, self.owner)
             )
         return self.result(key)
 
+    def deaths_for(self, keys: list[str]) -> dict[str, int]:
+        """Worker deaths recorded for `keys` (only keys with at least one)."""
+        found = {}
+        for chunk in _chunks(keys, 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(
+                f"SELECT key, deaths FROM sweep_deaths WHERE key IN ({marks})", chunk
+            ).fetchall())
+        return found
+
+    def failure(self, key: str) -> dict | None:
+        """The stored failure of `key` (SweepError.failures format), or None."""
+        row = self.conn.execute(
+            "SELECT key, cell, error_type, message, traceback, failed_at, attempts "
+            "FROM sweep_errors WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else _make_failure(*row)
+
     def commit_error(self, key: str, cell: dict, error_type: str, message: str, tb: str,
-                     seconds: float | None) -> dict | None:
+                     seconds: float | None,
+                     death: Callable[[int], str] | None = None) -> dict | None:
         """Record a failure (unless a result exists by now) and drop our claim: one
-        transaction. Returns the failure dict, or None if the cell has a result."""
+        transaction. `death`: count a worker death too; called with the cell's death count,
+        it returns the message (the failure then has ``_deaths``). Returns the failure dict,
+        or None if the cell has a result."""
         now = _utc_now()
         with _write_tx(self.conn):
             self.conn.execute(
@@ -523,6 +576,18 @@ class _Store:
             )
             if self.conn.execute("SELECT 1 FROM sweep_results WHERE key = ?", (key,)).fetchone():
                 return None
+            deaths = None
+            if death is not None:
+                row = self.conn.execute(
+                    "SELECT deaths FROM sweep_deaths WHERE key = ?", (key,)
+                ).fetchone()
+                deaths = (row[0] if row else 0) + 1
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO sweep_deaths(key, namespace, deaths, last_at) "
+                    "VALUES (?, ?, ?, ?)", (key, self.namespace, deaths, now),
+                )
+                message = death(deaths)
+                tb = f"{error_type}: {message}\n"
             row = self.conn.execute(
                 "SELECT attempts FROM sweep_errors WHERE key = ?", (key,)
             ).fetchone()
@@ -533,7 +598,10 @@ class _Store:
                 "traceback, seconds, failed_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, self.namespace, cell_json, error_type, message, tb, seconds, now, attempts),
             )
-        return _make_failure(key, cell_json, error_type, message, tb, now, attempts)
+        failure = _make_failure(key, cell_json, error_type, message, tb, now, attempts)
+        if deaths is not None:
+            failure["_deaths"] = deaths
+        return failure
 
     def release_claims(self) -> None:
         with _write_tx(self.conn):
@@ -576,12 +644,25 @@ def _chunks(items: list, size: int):
 
 class _CellCall:
     """Picklable wrapper run on the worker: calls fn(**cell), times it, checks the result and
-    turns exceptions into data (type, message, traceback text) so the parent can record them."""
+    turns exceptions into data (type, message, traceback text) so the parent can record them.
 
-    def __init__(self, fn: Callable):
+    For process pools (`marker_dir` and `parent_pid` given) it first arms the worker's
+    parent-death guard (once per process) and writes the marker file ``marker_dir/key``
+    holding this worker's pid: "cell `key` started in this pid"."""
+
+    def __init__(self, fn: Callable, marker_dir: str | None = None,
+                 parent_pid: int | None = None):
         self.fn = fn
+        self.marker_dir = marker_dir
+        self.parent_pid = parent_pid
 
-    def __call__(self, cell: dict):
+    def __call__(self, cell: dict, key: str | None = None):
+        if self.parent_pid is not None:
+            _guard_worker(self.parent_pid)
+        if self.marker_dir is not None and key is not None:
+            with contextlib.suppress(OSError):  # the sweep ended meanwhile: nobody reads it
+                with open(os.path.join(self.marker_dir, key), "w") as marker:
+                    marker.write(str(os.getpid()))
         start = time.perf_counter()
         try:
             result = self.fn(**cell)
@@ -661,6 +742,161 @@ class _InlineExecutor(cf.Executor):
         return future
 
 
+# --------------------------------------------------------------------------- process pools
+
+_GUARDED_PID: int | None = None  # the pid whose parent-death guard is armed (fork copies it)
+
+
+def _set_pdeathsig() -> bool:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies. False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1  # noqa: N806 - the name in <sys/prctl.h>
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int, ppid: int) -> None:
+    """Worker thread: exit the process once the sweep's process (or our parent) is gone."""
+    while True:
+        time.sleep(WATCHDOG_SECONDS)
+        if os.getppid() != ppid or not _pid_alive(parent_pid):
+            os._exit(1)
+
+
+def _guard_worker(parent_pid: int) -> None:
+    """Make this pool worker exit when `parent_pid` (the process running the sweep) dies:
+    PR_SET_PDEATHSIG on Linux, plus a daemon thread polling the parent everywhere. Once per
+    process; a worker whose sweep process is already gone exits at once."""
+    global _GUARDED_PID
+    if _GUARDED_PID == os.getpid():
+        return
+    _GUARDED_PID = os.getpid()
+    _set_pdeathsig()
+    ppid = os.getppid()
+    if not _pid_alive(parent_pid):  # died before the guard was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid, ppid), daemon=True,
+                     name="kdlib-sweep-parent-watchdog").start()
+
+
+class _GuardedInitializer:
+    """Picklable pool initializer: arms the parent-death guard, then runs the user's
+    initializer (if any) with its arguments."""
+
+    def __init__(self, parent_pid: int, initializer: Callable | None, initargs: tuple):
+        self.parent_pid = parent_pid
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+
+    def __call__(self) -> None:
+        _guard_worker(self.parent_pid)
+        if self.initializer is not None:
+            self.initializer(*self.initargs)
+
+
+def _install_guard(pool: cf.ProcessPoolExecutor) -> None:
+    """Chain the guard in front of the initializer of a pool that has no workers yet (workers
+    that exist already arm it when they get their first cell)."""
+    init = getattr(pool, "_initializer", None)
+    if getattr(pool, "_processes", None) == {} and not isinstance(init, _GuardedInitializer):
+        pool._initializer = _GuardedInitializer(os.getpid(), init, pool._initargs)
+        pool._initargs = ()
+
+
+def _fresh_process_pool(broken: cf.ProcessPoolExecutor) -> cf.ProcessPoolExecutor:
+    """A new ProcessPoolExecutor with the settings of `broken`: max_workers, mp_context,
+    initializer and initargs, max_tasks_per_child (Python >= 3.11), the guard chained in."""
+    init, initargs = broken._initializer, broken._initargs
+    if not isinstance(init, _GuardedInitializer):
+        init, initargs = _GuardedInitializer(os.getpid(), init, initargs), ()
+    kwargs = dict(max_workers=broken._max_workers, mp_context=broken._mp_context,
+                  initializer=init, initargs=initargs)
+    if getattr(broken, "_max_tasks_per_child", None) is not None:
+        kwargs["max_tasks_per_child"] = broken._max_tasks_per_child
+    return cf.ProcessPoolExecutor(**kwargs)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "?"
+        hint = {"SIGKILL": ": out of memory?", "SIGSEGV": ": a crash in native code?"}
+        return f"killed by signal {-code}, {name}{hint.get(name, '')}"
+    return f"exited with code {code}"
+
+
+class _ProcessPoolKeeper:
+    """The process pool of one run(): submits cells with start markers, remembers every
+    worker process (pid -> multiprocessing.Process, for exit codes after a break), and
+    replaces a broken pool with a fresh one (owned, hence shut down, by run)."""
+
+    def __init__(self, pool: cf.ProcessPoolExecutor, fn: Callable):
+        _install_guard(pool)
+        self.pool = pool
+        self.owned = False
+        self.marker_dir = tempfile.mkdtemp(prefix="kdlib-sweep-")
+        self.call = _CellCall(fn, self.marker_dir, os.getpid())
+        self.processes: dict = {}
+
+    def remember_workers(self) -> None:
+        self.processes.update(getattr(self.pool, "_processes", None) or {})
+
+    def submit(self, cell: dict, key: str) -> cf.Future:
+        self.forget(key)
+        future = self.pool.submit(self.call, cell, key)
+        self.remember_workers()
+        return future
+
+    def forget(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.marker_dir, key))
+
+    def started(self, key: str) -> tuple[bool, int | None]:
+        """(whether a worker started cell `key`, that worker's pid if readable)."""
+        try:
+            with open(os.path.join(self.marker_dir, key)) as marker:
+                text = marker.read().strip()
+        except FileNotFoundError:
+            return False, None
+        return True, int(text) if text.isdigit() else None
+
+    def exit_code(self, pid: int | None) -> int | None:
+        """Exit code of worker `pid` (negative: killed by that signal), None if unknown."""
+        proc = self.processes.get(pid)
+        return None if proc is None else proc.exitcode
+
+    def settle_broken(self) -> None:
+        """Wait until the broken pool has failed every future and reaped every worker."""
+        self.remember_workers()
+        with contextlib.suppress(Exception):
+            self.pool.shutdown(wait=True)
+
+    def renew(self) -> None:
+        fresh = _fresh_process_pool(self.pool)
+        self.pool, self.owned, self.processes = fresh, True, {}
+
+    def close(self, wait: bool) -> None:
+        if self.owned:
+            with contextlib.suppress(Exception):
+                self.pool.shutdown(wait=wait, cancel_futures=True)
+        shutil.rmtree(self.marker_dir, ignore_errors=True)
+
+
+def _is_broken(future: cf.Future) -> bool:
+    return (future.done() and not future.cancelled()
+            and isinstance(future.exception(), cf.BrokenExecutor))
+
+
 # --------------------------------------------------------------------------- run / load / status
 
 
@@ -674,6 +910,7 @@ def run(
     namespace: str | None = None,
     *,
     max_in_flight: int | None = None,
+    max_worker_deaths: int | None = MAX_WORKER_DEATHS,
 ) -> SweepResults:
     """Call ``fn(**cell)`` for every cell of ``grid`` that ``store`` has no result for, and
     commit each result to the SQLite file ``store`` as soon as it arrives.
@@ -686,15 +923,20 @@ def run(
         process writes it.
     executor: None runs cells here, one after the other; any concurrent.futures.Executor
         (ThreadPoolExecutor, ProcessPoolExecutor, dask ``client.get_executor()``) runs them
-        there while results are committed here as they complete.
+        there while results are committed here as they complete. A ProcessPoolExecutor that
+        breaks (a worker died) is shut down and replaced by a new one with the same
+        max_workers, mp_context, initializer/initargs and max_tasks_per_child, which run
+        shuts down before it returns.
     namespace: keeps sweeps that share a store apart (e.g. the notebook name).
     max_in_flight: how many cells are submitted at a time; default: the pool's worker count
         for thread/process pools, all pending cells for other executors (e.g. dask).
+    max_worker_deaths: a cell whose pool worker died this many times (counted in the store,
+        across runs) is skipped and reported as failed; None never skips.
 
     Returns the records of all finished cells in grid order (stored ones included). Cells
-    that raised are recorded with type, message and traceback, retried by the next run, and
-    reported by a SweepError after every cell was attempted (or listed in ``.failures`` of
-    the result when ``raise_errors`` is False).
+    that raised, or whose worker process died, are recorded with type, message and traceback,
+    retried by the next run, and reported by a SweepError after every other cell was attempted
+    (or listed in ``.failures`` of the result when ``raise_errors`` is False).
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -713,12 +955,21 @@ def run(
         from kdlib._validate import check_int
 
         max_in_flight = check_int(max_in_flight, "max_in_flight", minimum=1)
+    if max_worker_deaths is not None and (
+        isinstance(max_worker_deaths, bool) or not isinstance(max_worker_deaths, int)
+    ):
+        raise TypeError(f"max_worker_deaths must be None or an int >= 1, got "
+                        f"{max_worker_deaths!r}")
+    if max_worker_deaths is not None and max_worker_deaths < 1:
+        raise ValueError(f"max_worker_deaths must be None (never skip) or >= 1, got "
+                         f"{max_worker_deaths}")
     ns = _check_namespace(namespace)
     path = _check_store_path(store)
     cells, keys = _check_grid(fn, grid, ns)
     if executor is not None:
         _check_picklable(fn, executor)
 
+    keeper = None
     if executor is None:
         pool, window = _InlineExecutor(), 1
     else:
@@ -733,12 +984,36 @@ def run(
     queue = [k for k in keys if k not in records]
     counts = {"done": 0, "skipped": len(records), "failed": 0}
     in_flight: dict[cf.Future, str] = {}
+    isolate: set[str] = set()  # suspects of an unattributed break: run them one at a time
+    unblamed = [0]  # pool breaks in a row that no cell could be blamed for
+    if max_worker_deaths is not None:
+        for key, deaths in db.deaths_for(queue).items():
+            if deaths >= max_worker_deaths:
+                failures[key] = _skipped_failure(db, key, cell_of[key], deaths,
+                                                 max_worker_deaths)
+        queue = [k for k in queue if k not in failures]
+        counts["failed"] = len(failures)
+    if isinstance(executor, cf.ProcessPoolExecutor):
+        keeper = _ProcessPoolKeeper(executor, fn)
     heartbeat = _Heartbeat(path, db.owner)
     heartbeat.start()
     bar = _progress_bar(len(cells), progress, counts)
 
+    def tally(name: str) -> None:
+        counts[name] += 1
+        bar.update(1)
+        bar.set_postfix(counts, refresh=False)
+
+    def commit_failure(key: str, *error, death=None) -> None:
+        failure = db.commit_error(key, cell_of[key], *error, death=death)
+        if failure is None:  # another process finished it meanwhile
+            records[key] = db.result(key)
+            tally("skipped")
+        else:
+            failures[key] = failure
+            tally("failed")
+
     def finish(future: cf.Future, key: str) -> None:
-        cell = cell_of[key]
         try:
             outcome = future.result()
         except BaseException as err:  # the executor failed: pickling, dead worker, cancel...
@@ -746,51 +1021,117 @@ def run(
             tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
             outcome = ("error", type(err).__name__, msg, tb, None)
         if outcome[0] == "ok":
-            records[key] = db.commit_result(key, cell, outcome[1], outcome[2])
-            counts["done"] += 1
+            records[key] = db.commit_result(key, cell_of[key], outcome[1], outcome[2])
+            tally("done")
         else:
-            failure = db.commit_error(key, cell, *outcome[1:])
-            if failure is None:  # another process finished it meanwhile
-                records[key] = db.result(key)
-                counts["skipped"] += 1
-            else:
-                failures[key] = failure
-                counts["failed"] += 1
-        bar.update(1)
-        bar.set_postfix(counts, refresh=False)
+            commit_failure(key, *outcome[1:])
 
+    def blame(key: str, pid: int | None, code: int | None) -> None:
+        def message(deaths: int) -> str:
+            who = "worker process" + (f" {pid}" if pid is not None else "")
+            text = (f"{who} died ({_describe_exit(code)}) while running this cell; "
+                    f"worker deaths of this cell: {deaths}")
+            if max_worker_deaths is not None and deaths >= max_worker_deaths:
+                return text + (f" (max_worker_deaths={max_worker_deaths}: the next run "
+                               "skips it)")
+            return text + " (the next run retries it)"
+
+        commit_failure(key, WORKER_DIED, "", "", None, death=message)
+
+    def on_break(err: BaseException) -> None:
+        """The pool broke: settle every in-flight cell, blame the ones whose worker died,
+        re-queue the others (first), and continue on a fresh pool."""
+        keeper.settle_broken()
+        settled = list(in_flight.items())
+        in_flight.clear()
+        unstarted, suspects = [], []  # suspects: (key, pid, exit code of that pid)
+        for future, key in settled:
+            if future.done() and not future.cancelled() and not _is_broken(future):
+                finish(future, key)  # completed before the break
+                continue
+            started, pid = keeper.started(key)
+            if started:
+                suspects.append((key, pid, keeper.exit_code(pid)))
+            else:
+                unstarted.append(key)
+        died = [s for s in suspects if s[2] is not None and s[2] != -signal.SIGTERM]
+        unknown = [s for s in suspects if s[2] is None]
+        culprits = died or (unknown if len(unknown) == 1 else [])
+        if not culprits and len(unknown) > 1:
+            isolate.update(k for k, _, _ in unknown)
+        for key, pid, code in culprits:
+            isolate.discard(key)
+            blame(key, pid, code)
+        blamed = {k for k, _, _ in culprits}
+        queue[:0] = [k for k, _, _ in suspects if k not in blamed] + unstarted
+        unblamed[0] = 0 if culprits else unblamed[0] + 1
+        if unblamed[0] >= MAX_UNBLAMED_BREAKS:
+            raise RuntimeError(
+                f"the process pool broke {unblamed[0]} times in a row and no cell could be "
+                "blamed (workers died outside any cell: does the pool's initializer raise, or "
+                f"is something killing idle workers?); finished cells are committed to "
+                f"{str(path)!r}"
+            ) from err
+        keeper.renew()
+
+    def settle(future: cf.Future) -> None:
+        if keeper is not None and _is_broken(future):
+            on_break(future.exception())
+        else:
+            finish(future, in_flight.pop(future))
+
+    completed = False
     try:
         while queue or in_flight:
-            if queue and len(in_flight) < window:
-                claimed, done, busy = db.claim(queue, window - len(in_flight))
+            candidates, limit = queue, window - len(in_flight)
+            if isolate:
+                candidates = [k for k in queue if k in isolate]
+                limit = 0 if in_flight else 1
+            if candidates and limit > 0:
+                claimed, done, busy = db.claim(candidates, limit)
                 seen = set(claimed) | set(done) | set(busy)
-                queue = busy + [k for k in queue if k not in seen]
+                isolate.difference_update(done, busy)
+                queue[:] = busy + [k for k in queue if k not in seen]
                 if done:  # finished by another run since we looked
                     records.update(db.results_for(done))
                     counts["skipped"] += len(done)
                     bar.update(len(done))
                     bar.set_postfix(counts, refresh=False)
-                for key in claimed:
-                    future = pool.submit(_CellCall(fn), cell_of[key])
+                for i, key in enumerate(claimed):
+                    try:
+                        if keeper is not None:
+                            future = keeper.submit(cell_of[key], key)
+                        else:
+                            future = pool.submit(_CellCall(fn), cell_of[key])
+                    except cf.BrokenExecutor as err:
+                        if keeper is None:
+                            raise
+                        queue[:0] = claimed[i:]
+                        on_break(err)
+                        break
                     in_flight[future] = key
                     if future.done():
-                        finish(future, in_flight.pop(future))
+                        settle(future)
                 if claimed and not in_flight:
                     continue  # ran inline: claim the next cell at once
             if in_flight:
                 done, _ = cf.wait(in_flight, timeout=POLL_SECONDS,
                                   return_when=cf.FIRST_COMPLETED)
                 for future in done:
-                    finish(future, in_flight.pop(future))
+                    if future in in_flight:  # not settled by a break meanwhile
+                        settle(future)
             elif queue:
                 time.sleep(POLL_SECONDS)  # every pending cell is being computed elsewhere
+        completed = True
     finally:
         for future, key in list(in_flight.items()):
-            if future.done() and not future.cancelled():
+            if future.done() and not future.cancelled() and not _is_broken(future):
                 with contextlib.suppress(Exception):
                     finish(future, key)  # keep work that finished before the interruption
             else:
                 future.cancel()
+        if keeper is not None:
+            keeper.close(wait=completed)
         heartbeat.stop_event.set()
         heartbeat.join(timeout=1.0)
         with contextlib.suppress(sqlite3.Error):
@@ -805,6 +1146,21 @@ def run(
     if results.failures and raise_errors:
         raise SweepError(_failure_message(results, len(cells), path), results.failures, results)
     return results
+
+
+def _skipped_failure(db: _Store, key: str, cell: dict, deaths: int, limit: int) -> dict:
+    """The failure reported for a cell skipped because its worker died `deaths` times."""
+    failure = db.failure(key) or _make_failure(key, json.dumps(cell), WORKER_DIED, "", "",
+                                               _utc_now(), deaths)
+    last = f" Last time: {failure['_error']}" if failure["_error"] else ""
+    failure.update(
+        _error_type=WORKER_DIED,
+        _error=(f"skipped: its worker process died {deaths} times while running this cell "
+                f"(max_worker_deaths={limit}); fix the cause (memory, a crash in native code) "
+                f"and rerun with a higher max_worker_deaths, or None, to try it again.{last}"),
+        _deaths=deaths,
+    )
+    return failure
 
 
 def _progress_bar(total: int, progress: bool, counts: dict):
