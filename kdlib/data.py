@@ -16,21 +16,18 @@ Archives (see data/README.md): `<root>/cifar-10-python.tar.gz` or its folder
 `<root>/cifar-10-batches-py`, `<root>/cifar-100-python.tar.gz` or `<root>/cifar-100-python`,
 `<root>/tiny-imagenet-200.zip` or `<root>/tiny-imagenet-200` (decoded once into
 `<root>/tiny-imagenet-200.cache.pt`). `download=True` fetches the official archive, checks its
-MD5 and extracts it.
+MD5 and extracts it (downloads and extraction live in `kdlib.archives`; `download_file`,
+`file_md5`, `verify_md5` and `extract_archive` are re-exported here).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 import warnings
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,12 +35,14 @@ import numpy as np
 import torch
 
 from kdlib._validate import check_choice, check_fraction, check_int
+from kdlib.archives import download_file, ensure_folder, extract_archive, file_md5, verify_md5
+from kdlib.atomic import atomic_torch_save
 
 __all__ = [
     "DATASET_NAMES",
     "Dataset",
     "load_dataset",
-    "download_file",
+    "download_file",  # these four: from kdlib.archives
     "file_md5",
     "verify_md5",
     "extract_archive",
@@ -66,7 +65,8 @@ GMM_DEFAULT_TEST = 3_000
 DIGITS_DEFAULT_TEST_SIZE = 0.3
 
 _TINY_CACHE_FORMAT = 1
-_CHUNK = 1 << 20  # bytes per read when downloading / hashing
+_TINY_SIZE = (64, 64)  # Tiny-ImageNet images: height, width in pixels
+_PICKLE_SLACK = 1 << 16  # bytes of arrays a batch pickle may hold beyond its own size
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,149 +353,31 @@ def _load_gmm(task, key: str, seed: int, n_train: int, n_test: int) -> Dataset:
 
 
 # --------------------------------------------------------------------------------------------
-# Downloads, checksums, extraction
-# --------------------------------------------------------------------------------------------
-
-
-def _missing(what: str, root: Path, archive: str, url: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"{what}: neither {archive!r} nor its extracted folder was found in {str(root)!r}. "
-        f"Place the archive there (from {url}) or pass download=True to fetch it."
-    )
-
-
-def file_md5(path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_md5(path, expected: str | None) -> None:
-    """Raise ValueError naming the file and both sums when its MD5 is not `expected`
-    (None skips the check)."""
-    if expected is None:
-        return
-    actual = file_md5(path)
-    if actual != expected.lower():
-        raise ValueError(f"MD5 mismatch for {str(path)!r}: expected {expected}, got {actual}. "
-                         f"The file is corrupt or incomplete; delete it and download it again.")
-
-
-def download_file(url: str, dest, md5: str | None = None, progress: bool = True) -> Path:
-    """Fetch `url` to `dest` atomically: stream into a temporary file next to `dest`, check the
-    MD5 (if given), then rename. On any failure the temporary file is removed and `dest` is left
-    untouched."""
-    from tqdm.auto import tqdm
-
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
-            length = response.headers.get("Content-Length") if response.headers else None
-            total = int(length) if length and str(length).isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                      disable=not progress) as bar:
-                for block in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(block)
-                    bar.update(len(block))
-        verify_md5(tmp, md5)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
-
-
-def _within(target: Path, path: Path) -> bool:
-    resolved = path.resolve()
-    return resolved == target or target in resolved.parents
-
-
-def _inside(target: Path, member_name: str) -> bool:
-    """Whether archive member `member_name` extracts to a path inside `target` (resolved)."""
-    if os.path.isabs(member_name) or member_name.startswith(("/", "\\")):
-        return False
-    return _within(target, target / member_name)
-
-
-def _check_tar_member(member: tarfile.TarInfo, target: Path) -> None:
-    if not _inside(target, member.name):
-        raise ValueError(f"refusing to extract archive member {member.name!r}: it would land "
-                         f"outside {str(target)!r}")
-    if member.issym() or member.islnk():
-        link = member.linkname
-        base = (target / member.name).parent if member.issym() else target
-        if os.path.isabs(link) or not _within(target, base / link):
-            raise ValueError(f"refusing to extract archive member {member.name!r}: its link "
-                             f"target {link!r} points outside {str(target)!r}")
-    if member.isdev():
-        raise ValueError(f"refusing to extract archive member {member.name!r}: device file")
-
-
-def extract_archive(archive, root, folder: str) -> Path:
-    """Extract a .tar.gz/.tgz/.zip archive that holds `folder` into `root`, atomically: members
-    go into a temporary folder under `root` (every member is checked first, and one that would
-    land outside raises ValueError naming it), then `folder` is renamed into place."""
-    archive, root = Path(archive), Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".extract", dir=root))
-    try:
-        target = staging.resolve()
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    if not _inside(target, info.filename):
-                        raise ValueError(f"refusing to extract archive member "
-                                         f"{info.filename!r}: it would land outside "
-                                         f"{str(target)!r}")
-                zf.extractall(target)
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                members = tf.getmembers()
-                for member in members:
-                    _check_tar_member(member, target)
-                if hasattr(tarfile, "data_filter"):
-                    tf.extractall(target, members=members, filter="data")
-                else:  # Python without extraction filters; members were checked above
-                    tf.extractall(target, members=members)
-        if not (target / folder).is_dir():
-            raise ValueError(f"archive {str(archive)!r} does not contain the folder {folder!r}")
-        final = root / folder
-        if final.exists():
-            raise FileExistsError(f"{str(final)!r} already exists; remove it to re-extract")
-        os.replace(target / folder, final)
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _ensure_folder(root: Path, folder: str, archive: str, url: str, md5: str | None,
-                   download: bool, progress: bool, what: str) -> Path:
-    """Return `root/folder`, extracting `root/archive` (downloading it first if allowed)."""
-    if (root / folder).is_dir():
-        return root / folder
-    path = root / archive
-    if not path.is_file():
-        if not download:
-            raise _missing(what, root, archive, url)
-        download_file(url, path, md5=md5, progress=progress)
-    else:
-        verify_md5(path, md5)
-    return extract_archive(path, root, folder)
-
-
-# --------------------------------------------------------------------------------------------
 # CIFAR
 # --------------------------------------------------------------------------------------------
 
 
+class _GuardedArray(np.ndarray):
+    """The array type `_ArrayUnpickler` builds: its `__setstate__` (pickle's BUILD) charges
+    the array's bytes to the unpickler's budget before numpy allocates them."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise ValueError("refusing to unpickle a numpy array with an unknown state layout")
+        shape, dtype = state[-4], state[-3]
+        self._kd_unpickler.charge(shape, dtype)
+        super().__setstate__(state)
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings and numpy arrays only: a CIFAR batch needs no more, and
-    refusing every other global keeps a tampered pickle from running code."""
+    refusing every other global keeps a tampered pickle from running code.
+
+    Every numpy array is charged, before numpy allocates it, against a budget of the file's
+    own size (+ 64 KiB): an honest batch stores its pixels raw, so a few bytes declaring a
+    huge shape (or one buffer reused for many arrays) are refused instead of allocated.
+    Object arrays are refused.
+    """
 
     _ALLOWED = {
         ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -505,11 +387,65 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
+    def __init__(self, fh, path: Path, budget: int):
+        super().__init__(fh, encoding="bytes")
+        self.path, self.budget = path, budget
+
+    def charge(self, shape, dtype) -> None:
+        """Count prod(shape) * itemsize bytes; ValueError when they exceed the budget."""
+        try:
+            dtype = np.dtype(dtype)
+            dims = tuple(int(d) for d in shape)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{str(self.path)!r}: a numpy array with an unreadable shape or "
+                             f"dtype ({err})") from err
+        if dtype.hasobject:
+            raise ValueError(f"{str(self.path)!r}: refusing to unpickle a numpy object array; "
+                             f"CIFAR batches hold integer arrays")
+        if any(d < 0 for d in dims):
+            raise ValueError(f"{str(self.path)!r}: a numpy array with negative shape {dims}")
+        size = math.prod(dims) * dtype.itemsize
+        if size > self.budget:
+            raise ValueError(f"{str(self.path)!r}: refusing to unpickle a numpy array of shape "
+                             f"{dims} and dtype {dtype} ({size:,} bytes): the file cannot hold "
+                             f"its data (at most {self.budget:,} more array bytes allowed)")
+        self.budget -= size
+
+    def _reconstruct(self, subtype, shape, dtype):
+        if subtype is not np.ndarray:
+            raise ValueError(f"{str(self.path)!r}: refusing to unpickle an array of type "
+                             f"{getattr(subtype, '__name__', subtype)!r}")
+        self.charge(shape, dtype)
+        arr = np.ndarray.__new__(_GuardedArray, shape, dtype)
+        arr._kd_unpickler = self
+        return arr
+
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
             raise ValueError(f"refusing to unpickle {module}.{name}: CIFAR batches hold only "
                              f"dicts, lists and numpy arrays")
-        return super().find_class(module, name)
+        if name == "_reconstruct":
+            return self._reconstruct
+        found = super().find_class(module, name)
+        if name == "scalar":
+            def scalar(dtype, *args):
+                self.charge((), dtype)
+                return found(dtype, *args)
+
+            return scalar
+        return found
+
+
+def _plain(obj):
+    """`obj` with every `_GuardedArray` inside dicts and lists turned into a plain ndarray."""
+    if isinstance(obj, _GuardedArray):
+        obj.__dict__.pop("_kd_unpickler", None)
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _read_batch(path: Path) -> dict:
@@ -517,23 +453,54 @@ def _read_batch(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR batch file {str(path)!r} is missing")
     with open(path, "rb") as fh:
-        raw = _ArrayUnpickler(fh, encoding="bytes").load()
+        budget = os.fstat(fh.fileno()).st_size + _PICKLE_SLACK
+        try:
+            raw = _ArrayUnpickler(fh, path, budget).load()
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError,
+                KeyError, MemoryError, UnicodeDecodeError) as err:
+            raise ValueError(f"{str(path)!r} is not a readable CIFAR batch pickle "
+                             f"({type(err).__name__}: {err})") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{str(path)!r} does not hold a CIFAR batch dict")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    return {k.decode("latin1") if isinstance(k, bytes) else k: _plain(v)
+            for k, v in raw.items()}
 
 
-def _batch_arrays(path: Path, label_key: str) -> tuple:
+def _int_array(values, path: Path, key: str) -> np.ndarray:
+    """`values` as an integer numpy array; ValueError for floats, bools, objects."""
+    try:
+        arr = np.asarray(values) if not (isinstance(values, list) and not values) else (
+            np.zeros(0, dtype=np.int64))
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ValueError(f"{str(path)!r}: {key!r} is not an array of integers ({err})") from err
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{str(path)!r}: {key!r} must hold integers, got dtype {arr.dtype} "
+                         f"(non-integer values would be rounded or wrapped)")
+    return arr
+
+
+def _batch_arrays(path: Path, label_key: str, num_classes: int) -> tuple:
+    """(N x 3 x 32 x 32 uint8 images, N int64 labels in [0, num_classes)) of one batch."""
     batch = _read_batch(path)
     for key in ("data", label_key):
         if key not in batch:
             raise ValueError(f"{str(path)!r} has no {key!r} entry (keys: {sorted(batch)})")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch[label_key], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+    if not isinstance(batch["data"], np.ndarray):
+        raise ValueError(f"{str(path)!r}: 'data' must be a numpy array, got "
+                         f"{type(batch['data']).__name__}")
+    data = _int_array(batch["data"], path, "data")
+    labels = _int_array(batch[label_key], path, label_key)
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
         raise ValueError(f"{str(path)!r}: expected N x 3072 data and N labels, got "
                          f"{data.shape} and {labels.shape}")
-    return data.reshape(-1, 3, 32, 32), labels
+    if len(data) and (int(data.min()) < 0 or int(data.max()) > 255):
+        raise ValueError(f"{str(path)!r}: pixel values must lie in 0..255, got "
+                         f"{int(data.min())}..{int(data.max())}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{str(path)!r}: {label_key!r} must lie in [0, {num_classes}), got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return (data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32),
+            labels.astype(np.int64, copy=False))
 
 
 def _names(path: Path, key: str) -> list:
@@ -545,21 +512,22 @@ def _names(path: Path, key: str) -> list:
 
 def _load_cifar(root: Path, num_classes: int, download: bool, progress: bool) -> Dataset:
     if num_classes == 10:
-        folder = _ensure_folder(root, "cifar-10-batches-py", "cifar-10-python.tar.gz",
+        folder = ensure_folder(root, "cifar-10-batches-py", "cifar-10-python.tar.gz",
                                 CIFAR10_URL, CIFAR10_MD5, download, progress, "CIFAR-10")
         train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
         test_file, meta_file = folder / "test_batch", folder / "batches.meta"
         label_key, names_key = "labels", "label_names"
     else:
-        folder = _ensure_folder(root, "cifar-100-python", "cifar-100-python.tar.gz",
+        folder = ensure_folder(root, "cifar-100-python", "cifar-100-python.tar.gz",
                                 CIFAR100_URL, CIFAR100_MD5, download, progress, "CIFAR-100")
         train_files = [folder / "train"]
         test_file, meta_file = folder / "test", folder / "meta"
         label_key, names_key = "fine_labels", "fine_label_names"
-    parts = [_batch_arrays(f, label_key) for f in train_files]
+    parts = [_batch_arrays(f, label_key, num_classes) for f in train_files]
     train_x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     train_y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-    test_x, test_y = (torch.from_numpy(a) for a in _batch_arrays(test_file, label_key))
+    test_x, test_y = (torch.from_numpy(a)
+                      for a in _batch_arrays(test_file, label_key, num_classes))
     classes = _names(meta_file, names_key)
     if len(classes) != num_classes:
         raise ValueError(f"{str(meta_file)!r} names {len(classes)} classes, expected "
@@ -577,27 +545,64 @@ def _load_cifar(root: Path, num_classes: int, download: bool, progress: bool) ->
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-def _read_image(path: Path, size: tuple | None) -> np.ndarray:
+def _read_image(path: Path) -> np.ndarray:
+    """One Tiny-ImageNet image as 3 x 64 x 64 uint8 (grayscale -> RGB); ValueError naming the
+    file when it is not a readable 64 x 64 image (checked from the header, before decoding)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # H x W x 3 (grayscale -> RGB)
-    if size is not None and arr.shape[:2] != size:
-        raise ValueError(f"{str(path)!r} is {arr.shape[1]}x{arr.shape[0]} pixels, expected "
-                         f"{size[1]}x{size[0]} like the other images")
+    try:
+        with Image.open(path) as im:
+            if im.size != _TINY_SIZE[::-1]:
+                raise ValueError(f"{str(path)!r} is {im.size[0]}x{im.size[1]} pixels; "
+                                 f"Tiny-ImageNet images are {_TINY_SIZE[1]}x{_TINY_SIZE[0]}")
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # H x W x 3
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {str(path)!r} is missing") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot decode image {str(path)!r} ({type(err).__name__}: {err}); "
+                         f"the file is damaged or not an image: replace it (re-extract the "
+                         f"archive) and run again") from err
     return arr.transpose(2, 0, 1)
 
 
 def _decode_images(paths: list, progress: bool, desc: str) -> np.ndarray:
+    """len(paths) x 3 x 64 x 64 uint8."""
     from tqdm.auto import tqdm
 
-    first = _read_image(paths[0], None)
-    out = np.empty((len(paths),) + first.shape, dtype=np.uint8)
-    out[0] = first
-    size = first.shape[1:]
-    for i, path in enumerate(tqdm(paths[1:], desc=desc, disable=not progress), start=1):
-        out[i] = _read_image(path, size)
+    out = np.empty((len(paths), 3) + _TINY_SIZE, dtype=np.uint8)
+    for i, path in enumerate(tqdm(paths, desc=desc, disable=not progress)):
+        out[i] = _read_image(path)
     return out
+
+
+def _plain_file_name(name: str, listing: Path, n: int) -> str:
+    if not name or name in (".", "..") or any(c in name for c in "/\\:\x00"):
+        raise ValueError(f"{str(listing)!r} line {n}: {name!r} is not a plain file name")
+    return name
+
+
+def _train_files(folder: Path, wnid: str) -> list:
+    """The training images of class `wnid`: those in `train/<wnid>/images/` plus every one
+    listed in `train/<wnid>/<wnid>_boxes.txt`, which must all be present."""
+    class_dir = folder / "train" / wnid
+    image_dir = class_dir / "images"
+    files = {p.name: p for p in image_dir.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES}
+    boxes = class_dir / f"{wnid}_boxes.txt"
+    if not boxes.is_file():
+        raise FileNotFoundError(f"{str(boxes)!r} is missing: it lists the training images of "
+                                f"class {wnid!r}, without it a missing image goes unnoticed; "
+                                f"re-extract tiny-imagenet-200")
+    for n, line in enumerate(boxes.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        name = _plain_file_name(line.split("\t")[0].strip(), boxes, n)
+        if name not in files:
+            raise FileNotFoundError(f"training image {str(image_dir / name)!r} listed in "
+                                    f"{str(boxes)!r} line {n} is missing; re-extract "
+                                    f"tiny-imagenet-200")
+    if not files:
+        raise ValueError(f"no training images for class {wnid!r} in {str(image_dir)!r}")
+    return [files[name] for name in sorted(files)]
 
 
 def _decode_tinyimagenet(folder: Path, progress: bool) -> dict:
@@ -620,10 +625,7 @@ def _decode_tinyimagenet(folder: Path, progress: bool) -> dict:
 
     train_paths, train_labels = [], []
     for wnid in wnids:
-        image_dir = folder / "train" / wnid / "images"
-        files = sorted(p for p in image_dir.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"no training images for class {wnid!r} in {str(image_dir)!r}")
+        files = _train_files(folder, wnid)
         train_paths += files
         train_labels += [label_of[wnid]] * len(files)
 
@@ -638,7 +640,7 @@ def _decode_tinyimagenet(folder: Path, progress: bool) -> dict:
         if len(fields) < 2 or fields[1] not in label_of:
             raise ValueError(f"{str(annotations)!r} line {n}: expected 'file<TAB>wnid<TAB>box', "
                              f"with a wnid from wnids.txt, got {line!r}")
-        val[fields[0]] = label_of[fields[1]]
+        val[_plain_file_name(fields[0], annotations, n)] = label_of[fields[1]]
     if not val:
         raise ValueError(f"{str(annotations)!r} lists no validation images")
     val_names = sorted(val)
@@ -650,9 +652,6 @@ def _decode_tinyimagenet(folder: Path, progress: bool) -> dict:
 
     train_x = torch.from_numpy(_decode_images(train_paths, progress, "tiny-imagenet train"))
     test_x = torch.from_numpy(_decode_images(val_paths, progress, "tiny-imagenet val"))
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(f"train images are {tuple(train_x.shape[2:])}, validation images "
-                         f"{tuple(test_x.shape[2:])}; they must match")
     mean, std = channel_stats(train_x, scale=255.0)
     return {
         "format": _TINY_CACHE_FORMAT,
@@ -678,26 +677,15 @@ def _read_tiny_cache(path: Path) -> dict | None:
         return None
 
 
-def _write_atomic(obj, path: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _load_tinyimagenet(root: Path, download: bool, progress: bool) -> Dataset:
     cache_path = root / "tiny-imagenet-200.cache.pt"
     cache = _read_tiny_cache(cache_path) if cache_path.is_file() else None
     if cache is None:
-        folder = _ensure_folder(root, "tiny-imagenet-200", "tiny-imagenet-200.zip",
+        folder = ensure_folder(root, "tiny-imagenet-200", "tiny-imagenet-200.zip",
                                 TINYIMAGENET_URL, TINYIMAGENET_MD5, download, progress,
                                 "Tiny-ImageNet")
         cache = _decode_tinyimagenet(folder, progress)
-        _write_atomic(cache, cache_path)
+        atomic_torch_save(cache, cache_path)
     return Dataset(name="tinyimagenet", train_x=cache["train_x"], train_y=cache["train_y"],
                    test_x=cache["test_x"], test_y=cache["test_y"], classes=cache["classes"],
                    mean=tuple(cache["mean"]), std=tuple(cache["std"]),
