@@ -229,15 +229,19 @@ class _Plan:
         self.entries.append((parts, kind == "dir", size, name, source))
 
 
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _tar_kind(member: tarfile.TarInfo) -> str:
     if member.isreg():
         return "file"
     if member.isdir():
         return "dir"
     if member.issym():
-        return f"a symbolic link (to {member.linkname!r})"
+        return f"a symbolic link (to {_short(member.linkname)!r})"
     if member.islnk():
-        return f"a hard link (to {member.linkname!r})"
+        return f"a hard link (to {_short(member.linkname)!r})"
     if member.ischr() or member.isblk():
         return "a device file"
     if member.isfifo():
