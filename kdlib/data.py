@@ -376,7 +376,9 @@ class _ArrayUnpickler(pickle.Unpickler):
     Every numpy array is charged, before numpy allocates it, against a budget of the file's
     own size (+ 64 KiB): an honest batch stores its pixels raw, so a few bytes declaring a
     huge shape (or one buffer reused for many arrays) are refused instead of allocated.
-    Object arrays are refused.
+    `numpy.ndarray` may only be passed to `_reconstruct` (calling it would allocate), object
+    arrays are refused, and `_codecs.encode` (how Python 3 pickles bytes) takes only latin-1
+    with its output charged to a second budget of the same size.
     """
 
     _ALLOWED = {
@@ -389,7 +391,23 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def __init__(self, fh, path: Path, budget: int):
         super().__init__(fh, encoding="bytes")
-        self.path, self.budget = path, budget
+        self.path, self.budget, self.text_budget = path, budget, budget
+
+        def refuse(cls, *args, **kwargs):
+            raise ValueError(f"{str(path)!r}: refusing to call numpy.ndarray while unpickling "
+                             f"(CIFAR batches build arrays with _reconstruct)")
+
+        self._ndarray = type("ndarray", (), {"__new__": refuse})
+
+    def _encode(self, obj, encoding="utf-8", errors="strict"):
+        if encoding not in ("latin1", "latin-1") or not isinstance(obj, str):
+            raise ValueError(f"{str(self.path)!r}: refusing _codecs.encode of "
+                             f"{type(obj).__name__} to {encoding!r}; CIFAR pickles use latin1")
+        if len(obj) > self.text_budget:
+            raise ValueError(f"{str(self.path)!r}: refusing to unpickle {len(obj):,} more bytes "
+                             f"of strings: the file cannot hold them")
+        self.text_budget -= len(obj)
+        return obj.encode("latin1", errors)
 
     def charge(self, shape, dtype) -> None:
         """Count prod(shape) * itemsize bytes; ValueError when they exceed the budget."""
@@ -412,7 +430,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         self.budget -= size
 
     def _reconstruct(self, subtype, shape, dtype):
-        if subtype is not np.ndarray:
+        if subtype is not self._ndarray:
             raise ValueError(f"{str(self.path)!r}: refusing to unpickle an array of type "
                              f"{getattr(subtype, '__name__', subtype)!r}")
         self.charge(shape, dtype)
@@ -426,6 +444,10 @@ class _ArrayUnpickler(pickle.Unpickler):
                              f"dicts, lists and numpy arrays")
         if name == "_reconstruct":
             return self._reconstruct
+        if name == "ndarray":
+            return self._ndarray
+        if name == "encode":
+            return self._encode
         found = super().find_class(module, name)
         if name == "scalar":
             def scalar(dtype, *args):
@@ -467,16 +489,25 @@ def _read_batch(path: Path) -> dict:
 
 
 def _int_array(values, path: Path, key: str) -> np.ndarray:
-    """`values` as an integer numpy array; ValueError for floats, bools, objects."""
-    try:
-        arr = np.asarray(values) if not (isinstance(values, list) and not values) else (
-            np.zeros(0, dtype=np.int64))
-    except (ValueError, TypeError, OverflowError) as err:
-        raise ValueError(f"{str(path)!r}: {key!r} is not an array of integers ({err})") from err
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"{str(path)!r}: {key!r} must hold integers, got dtype {arr.dtype} "
+    """`values` (a numpy array or a list) as an integer numpy array; ValueError for floats,
+    bools and anything else, which a cast would silently round or wrap."""
+    if isinstance(values, list):
+        bad = next((v for v in values if isinstance(v, bool | np.bool_)
+                    or not isinstance(v, int | np.integer)), None)
+        if bad is not None:
+            raise ValueError(f"{str(path)!r}: {key!r} must hold integers, got {bad!r} "
+                             f"({type(bad).__name__})")
+        try:
+            return np.array(values, dtype=np.int64)
+        except OverflowError as err:
+            raise ValueError(f"{str(path)!r}: {key!r} holds an integer out of range "
+                             f"({err})") from err
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "iu":
+        what = f"dtype {values.dtype}" if isinstance(values, np.ndarray) else (
+            type(values).__name__)
+        raise ValueError(f"{str(path)!r}: {key!r} must hold integers, got {what} "
                          f"(non-integer values would be rounded or wrapped)")
-    return arr
+    return values
 
 
 def _batch_arrays(path: Path, label_key: str, num_classes: int) -> tuple:

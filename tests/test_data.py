@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import struct
 import tarfile
 import urllib.request
@@ -502,3 +503,178 @@ def test_no_partial_files_after_success(cifar10):
     load_dataset("cifar10", root=root, progress=False)
     leftovers = [p for p in os.listdir(root) if p.startswith(".")]
     assert leftovers == []
+
+
+# ---------------------------------------------------------------------------- crafted batches
+
+
+def replace_batch(root, payload: bytes, name="test_batch"):
+    """Extract the fixture once, then put `payload` in place of one batch file."""
+    load_dataset("cifar10", root=root, progress=False)
+    (root / "cifar-10-batches-py" / name).write_bytes(payload)
+
+
+def test_tiny_pickle_declaring_a_huge_array_is_refused_before_allocating(cifar10):
+    """86 bytes: a dict whose 'data' is numpy's _reconstruct of a 20000 x 3072 array, with no
+    pixel bytes behind it. Unpickling alone used to allocate ~60 MB."""
+    import tracemalloc
+
+    root = cifar10[0]
+    payload = (b"\x80\x02}(U\x04datacnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n"
+               b"(M\x20NM\x00\x0ctU\x01btRU\x06labels]u.")
+    assert len(payload) < 90
+    replace_batch(root, payload)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as err:
+            load_dataset("cifar10", root=root, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # bytes; the array alone would be 61,440,000
+    assert re.search(r"test_batch'.*shape \(20000, 3072\).*cannot hold", str(err.value))
+
+
+class SharedBufferArray:
+    """Pickles as a numpy array whose raw bytes are `buf`; many of them share one memoized
+    buffer in the pickle, so N arrays of len(buf) bytes cost len(buf) bytes of file."""
+
+    def __init__(self, buf):
+        self.buf = buf
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (1, len(self.buf)), np.dtype(np.uint8), False, self.buf))
+
+
+def test_one_buffer_reused_for_many_arrays_is_refused(cifar10):
+    root = cifar10[0]
+    buf = bytes(3072 * 100)
+    payload = pickle.dumps({b"data": [SharedBufferArray(buf) for _ in range(200)],
+                            b"labels": [0] * 200}, protocol=2)
+    assert len(payload) < 2 * len(buf)  # 200 arrays of 300 KB in a 300 KB file
+    replace_batch(root, payload)
+    with pytest.raises(ValueError, match="test_batch'.*the file cannot hold its data"):
+        load_dataset("cifar10", root=root, progress=False)
+
+
+@pytest.mark.parametrize("call", [b"R", b"\x81"])  # REDUCE: ndarray(shape); NEWOBJ
+def test_pickle_calling_ndarray_directly_is_refused(cifar10, call):
+    root = cifar10[0]
+    replace_batch(root, b"\x80\x02}(U\x04datacnumpy\nndarray\n((M\x20NM\x00\x0ctt" + call
+                  + b"U\x06labels]u.")  # numpy.ndarray((20000, 3072)): 491 MB
+    with pytest.raises(ValueError, match="test_batch': refusing to call numpy.ndarray"):
+        load_dataset("cifar10", root=root, progress=False)
+
+
+class SharedEncode:
+    """Pickles as `_codecs.encode(text, encoding)`: many share one memoized `text`."""
+
+    def __init__(self, text, encoding):
+        self.text, self.encoding = text, encoding
+
+    def __reduce__(self):
+        import _codecs
+
+        return (_codecs.encode, (self.text, self.encoding))
+
+
+@pytest.mark.parametrize("copies, encoding, message", [
+    (100, "latin1", "refusing to unpickle 200,000 more bytes of strings"),
+    (1, "utf-32", "refusing _codecs.encode of str to 'utf-32'"),
+])
+def test_string_amplification_through_codecs_encode_is_refused(cifar10, copies, encoding,
+                                                               message):
+    root = cifar10[0]
+    text = "a" * 200_000
+    payload = pickle.dumps({b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 6,
+                            b"extra": [SharedEncode(text, encoding) for _ in range(copies)]},
+                           protocol=2)
+    assert len(payload) < 250_000  # 100 x 200 KB of bytes from a 220 KB file
+    replace_batch(root, payload)
+    with pytest.raises(ValueError, match=message):
+        load_dataset("cifar10", root=root, progress=False)
+
+
+@pytest.mark.parametrize("data, labels, message", [
+    (np.full((6, 3072), 300.7), [0] * 6, r"'data' must hold integers, got dtype float64"),
+    (np.full((6, 3072), 300, dtype=np.int16), [0] * 6, r"pixel values must lie in 0\.\.255"),
+    (np.full((6, 3072), -1, dtype=np.int64), [0] * 6, r"pixel values must lie in 0\.\.255"),
+    (np.zeros((6, 3072), np.uint8), [0, 1, 2.7, 3, 4, 5], "'labels' must hold integers"),
+    (np.zeros((6, 3072), np.uint8), [0, 1, True, 3, 4, 5], "'labels' must hold integers"),
+    (np.zeros((6, 3072), np.uint8), [0, 1, 2, 3, 4, 10], r"'labels' must lie in \[0, 10\)"),
+    (np.zeros((6, 3072), np.uint8), [0, 1, 2, 3, 4, -1], r"'labels' must lie in \[0, 10\)"),
+    (np.zeros((6, 3072), np.uint8).tolist(), [0] * 6, "'data' must be a numpy array"),
+    (np.zeros((6, 3072), dtype=object), [0] * 6, "object array"),
+    (np.zeros((6, 3072), np.uint8), [0] * 5, "expected N x 3072 data and N labels"),
+])
+def test_batches_with_wrong_types_or_values_are_refused(cifar10, data, labels, message):
+    root = cifar10[0]
+    replace_batch(root, pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
+    with pytest.raises(ValueError, match=message) as err:
+        load_dataset("cifar10", root=root, progress=False)
+    assert "test_batch" in str(err.value)
+
+
+def test_batch_with_int64_pixels_in_range_still_loads(cifar10):
+    root, _, _, test = cifar10
+    replace_batch(root, pickle.dumps({b"data": test[b"data"].astype(np.int64),
+                                      b"labels": np.array(test[b"labels"])}, protocol=2))
+    ds = load_dataset("cifar10", root=root, progress=False)
+    assert ds.test_x.dtype == torch.uint8
+    assert torch.equal(ds.test_x.reshape(6, -1), torch.from_numpy(test[b"data"]))
+    assert ds.test_y.tolist() == test[b"labels"]
+
+
+# ---------------------------------------------------------------------------- damaged images
+
+
+def test_truncated_jpeg_error_names_the_file(tmp_path):
+    folder = write_tinyimagenet(tmp_path)
+    bad = folder / "train" / "n01629819" / "images" / "n01629819_1.JPEG"
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cannot decode image") as err:
+        load_dataset("tinyimagenet", root=tmp_path, progress=False)
+    assert str(bad) in str(err.value)
+    assert not (tmp_path / "tiny-imagenet-200.cache.pt").exists()
+
+
+def test_image_of_the_wrong_size_is_refused_from_its_header(tmp_path):
+    from PIL import Image
+
+    folder = write_tinyimagenet(tmp_path)
+    bad = folder / "train" / "n01443537" / "images" / "n01443537_0.JPEG"  # the first image
+    Image.new("RGB", (4000, 3000)).save(bad, "JPEG")
+    with pytest.raises(ValueError, match=r"is 4000x3000 pixels; Tiny-ImageNet images are 64x64"):
+        load_dataset("tinyimagenet", root=tmp_path, progress=False)
+
+
+def test_missing_training_image_is_refused_naming_it(tmp_path):
+    folder = write_tinyimagenet(tmp_path)
+    gone = folder / "train" / "n01629819" / "images" / "n01629819_0.JPEG"  # in the boxes file
+    gone.unlink()
+    with pytest.raises(FileNotFoundError, match="training image .* listed in .* is missing") as e:
+        load_dataset("tinyimagenet", root=tmp_path, progress=False)
+    assert str(gone) in str(e.value)
+    boxes = folder / "train" / "n01629819" / "n01629819_boxes.txt"
+    boxes.unlink()
+    with pytest.raises(FileNotFoundError, match="n01629819_boxes.txt' is missing"):
+        load_dataset("tinyimagenet", root=tmp_path, progress=False)
+    assert not (tmp_path / "tiny-imagenet-200.cache.pt").exists()
+
+
+def test_annotation_names_must_be_plain_file_names(tmp_path):
+    folder = write_tinyimagenet(tmp_path)
+    annotations = folder / "val" / "val_annotations.txt"
+    annotations.write_text(annotations.read_text() + "../../../etc/x.JPEG\tn01443537\t0\t0\t1\t1\n")
+    with pytest.raises(ValueError, match=r"line 5: '\.\./\.\./\.\./etc/x\.JPEG' is not a plain"):
+        load_dataset("tinyimagenet", root=tmp_path, progress=False)
+
+
+def test_public_archive_names_stay_importable_from_kdlib_data():
+    from kdlib import archives
+
+    for name in ("download_file", "file_md5", "verify_md5", "extract_archive"):
+        assert getattr(kd_data, name) is getattr(archives, name) and name in kd_data.__all__
