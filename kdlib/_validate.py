@@ -72,3 +72,24 @@ def check_choice(value, name: str, allowed) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
+
+
+def check_real(value, name: str, minimum: float | None = None,
+               maximum: float | None = None) -> float:
+    """A finite real number within [minimum, maximum] (inclusive, None = unbounded);
+    returned as float. Bools, strings and NaN/inf are refused."""
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        kind = type(value).__name__
+        if kind == "Tensor" and value.numel() == 1:
+            value = value.item()  # a Python bool, int or float
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a real number, got {kind} ({value!r})")
+    value = float(value)
+    low = "-inf" if minimum is None else f"{minimum:g}"
+    high = "inf" if maximum is None else f"{maximum:g}"
+    allowed = f"[{low}, {high}]"
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in {allowed}, got {value}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be in {allowed}, got {value:g}")
+    return value

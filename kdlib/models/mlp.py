@@ -6,6 +6,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._validate import check_int
+from .sizes import (
+    MAX_FEATURES,
+    MAX_HIDDEN_LAYERS,
+    check_num_classes,
+    check_parameter_budget,
+    check_widths,
+)
+
+
+def mlp_parameter_count(in_features: int, num_classes: int, hidden: tuple[int, ...]) -> int:
+    """Trainable parameters (weights and biases) of MLP(in_features, num_classes, hidden)."""
+    widths = (in_features, *hidden, num_classes)
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
 
 class MLP(nn.Module):
     """Linear-ReLU hidden layers followed by a linear head (PyTorch's default Linear init).
@@ -19,6 +34,10 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (64, 64)):
         super().__init__()
+        in_features = check_int(in_features, "in_features", minimum=1, maximum=MAX_FEATURES)
+        num_classes = check_num_classes(num_classes)
+        hidden = check_widths(hidden, "hidden", MAX_FEATURES, max_len=MAX_HIDDEN_LAYERS)
+        check_parameter_budget(mlp_parameter_count(in_features, num_classes, hidden), "mlp")
         self.in_features = in_features
         self.num_classes = num_classes
         self.hidden = tuple(hidden)

@@ -16,6 +16,13 @@ import torch
 from torch import nn
 
 from .resnet import check_image_input, init_conv_bn_
+from .sizes import (
+    check_expansion,
+    check_in_channels,
+    check_num_classes,
+    check_parameter_budget,
+    check_width_mult,
+)
 
 # (expansion or None for "use the model's expansion", channels, blocks, first stride)
 BLOCK_SETTINGS = (
@@ -38,6 +45,29 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def _last_channels(width_mult: float) -> int:
+    return _make_divisible(LAST_CHANNELS * width_mult) if width_mult > 1 else LAST_CHANNELS
+
+
+def mobilenetv2_parameter_count(
+    num_classes: int, in_channels: int, expansion: int = 6, width_mult: float = 0.5
+) -> int:
+    """Trainable parameters of MobileNetV2(num_classes, in_channels, expansion, width_mult),
+    computed without building it (equals count_parameters of the built model)."""
+    in_planes = int(32 * width_mult)
+    total = 9 * in_channels * in_planes + 2 * in_planes
+    for t, c, n, _ in BLOCK_SETTINGS:
+        out_planes = int(c * width_mult)
+        for _ in range(n):
+            hidden = in_planes * (t or expansion)
+            total += in_planes * hidden + 2 * hidden  # expand
+            total += 9 * hidden + 2 * hidden  # depthwise
+            total += hidden * out_planes + 2 * out_planes  # project
+            in_planes = out_planes
+    last = _last_channels(width_mult)
+    return total + in_planes * last + 2 * last + last * num_classes + num_classes
 
 
 class InvertedResidual(nn.Module):
@@ -88,10 +118,14 @@ class MobileNetV2(nn.Module):
         width_mult: float = 0.5,
     ):
         super().__init__()
-        if expansion < 1:
-            raise ValueError(f"MobileNetV2 expansion must be >= 1, got {expansion}")
-        if not width_mult > 0:
-            raise ValueError(f"MobileNetV2 width_mult must be > 0, got {width_mult}")
+        num_classes = check_num_classes(num_classes)
+        in_channels = check_in_channels(in_channels)
+        expansion = check_expansion(expansion)
+        width_mult = check_width_mult(width_mult)
+        check_parameter_budget(
+            mobilenetv2_parameter_count(num_classes, in_channels, expansion, width_mult),
+            "mobilenetv2",
+        )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.expansion = expansion
@@ -113,7 +147,7 @@ class MobileNetV2(nn.Module):
                 in_planes = out_planes
             groups.append(nn.Sequential(*blocks))
         self.blocks = nn.ModuleList(groups)
-        last = _make_divisible(LAST_CHANNELS * width_mult) if width_mult > 1 else LAST_CHANNELS
+        last = _last_channels(width_mult)
         self.feature_dim = last
         self.head_conv = nn.Sequential(
             nn.Conv2d(in_planes, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU()

@@ -1,6 +1,6 @@
 """CIFAR ResNets of the KD literature (resnet8 ... resnet110, resnet8x4, resnet32x4).
 
-Layout (REFERENCE.md): 3x3 conv stem to c0 channels + BN + ReLU; three stages of
+Layout: 3x3 conv stem to c0 channels + BN + ReLU; three stages of
 n = (depth - 2) / 6 basic blocks with strides 1, 2, 2 and widths c1, c2, c3; a 1x1 conv + BN
 shortcut wherever a block changes shape; global average pool; linear head.
 
@@ -13,6 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .sizes import (
+    MAX_CONV_CHANNELS,
+    check_in_channels,
+    check_num_classes,
+    check_parameter_budget,
+    check_resnet_depth,
+    check_widths,
+)
 
 PLAIN_CHANNELS = (16, 16, 32, 64)
 WIDE_CHANNELS = (32, 64, 128, 256)
@@ -41,6 +50,23 @@ def check_image_input(x: torch.Tensor, in_channels: int, model_name: str) -> Non
             f"{model_name} expects input of shape B x {in_channels} x H x W, "
             f"got {tuple(x.shape)}"
         )
+
+
+def resnet_parameter_count(
+    depth: int, num_classes: int, in_channels: int, channels: tuple[int, int, int, int]
+) -> int:
+    """Trainable parameters of CIFARResNet(depth, num_classes, in_channels, channels),
+    computed without building it (equals count_parameters of the built model)."""
+    c0, c1, c2, c3 = channels
+    total = 9 * in_channels * c0 + 2 * c0
+    in_planes = c0
+    for planes, stride in ((c1, 1), (c2, 2), (c3, 2)):
+        for i in range((depth - 2) // 6):
+            total += 9 * in_planes * planes + 9 * planes * planes + 4 * planes
+            if (stride if i == 0 else 1) != 1 or in_planes != planes:
+                total += in_planes * planes + 2 * planes
+            in_planes = planes
+    return total + c3 * num_classes + num_classes
 
 
 class BasicBlock(nn.Module):
@@ -88,8 +114,15 @@ class CIFARResNet(nn.Module):
         channels: tuple[int, int, int, int] = PLAIN_CHANNELS,
     ):
         super().__init__()
-        if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"ResNet depth must be >= 8 with (depth - 2) % 6 == 0, got {depth}")
+        depth = check_resnet_depth(depth)
+        num_classes = check_num_classes(num_classes)
+        in_channels = check_in_channels(in_channels)
+        channels = check_widths(channels, "channels", MAX_CONV_CHANNELS)
+        if len(channels) != 4:
+            raise ValueError(f"channels must be 4 widths (stem, c1, c2, c3), got {channels}")
+        check_parameter_budget(
+            resnet_parameter_count(depth, num_classes, in_channels, channels), f"resnet{depth}"
+        )
         blocks_per_stage = (depth - 2) // 6
         c0, c1, c2, c3 = channels
         self.depth = depth

@@ -15,6 +15,27 @@ from torch import nn
 from torch.nn import functional as F
 
 from .resnet import check_image_input, init_conv_bn_
+from .sizes import (
+    check_in_channels,
+    check_num_classes,
+    check_parameter_budget,
+    check_wrn_depth,
+    check_wrn_width,
+)
+
+
+def wrn_parameter_count(depth: int, width: int, num_classes: int, in_channels: int) -> int:
+    """Trainable parameters of WideResNet(depth, width, num_classes, in_channels), computed
+    without building it (equals count_parameters of the built model)."""
+    total = 9 * in_channels * 16
+    in_planes = 16
+    for planes, stride in zip((16 * width, 32 * width, 64 * width), (1, 2, 2), strict=True):
+        for i in range((depth - 4) // 6):
+            total += 2 * in_planes + 9 * in_planes * planes + 2 * planes + 9 * planes * planes
+            if (stride if i == 0 else 1) != 1 or in_planes != planes:
+                total += in_planes * planes
+            in_planes = planes
+    return total + 2 * in_planes + in_planes * num_classes + num_classes
 
 
 class PreActBlock(nn.Module):
@@ -59,10 +80,13 @@ class WideResNet(nn.Module):
 
     def __init__(self, depth: int, width: int, num_classes: int, in_channels: int = 3):
         super().__init__()
-        if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WRN depth must be >= 10 with (depth - 4) % 6 == 0, got {depth}")
-        if width < 1:
-            raise ValueError(f"WRN width must be >= 1, got {width}")
+        depth = check_wrn_depth(depth)
+        width = check_wrn_width(width)
+        num_classes = check_num_classes(num_classes)
+        in_channels = check_in_channels(in_channels)
+        check_parameter_budget(
+            wrn_parameter_count(depth, width, num_classes, in_channels), f"wrn_{depth}_{width}"
+        )
         blocks_per_stage = (depth - 4) // 6
         self.depth = depth
         self.width = width
