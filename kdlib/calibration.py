@@ -15,7 +15,19 @@ Conventions (paper eq. 4, Guo et al. 2017):
 Inputs are numpy arrays, torch tensors (any device; the work runs on that device) or nested
 lists: `probs` N x C probabilities (rows summing to 1), `logits` N x C real scores,
 `labels` N integer class indices in [0, C). Scalar results are Python floats, per-bin and
-per-temperature results numpy arrays. Temperatures are finite and > 0.
+per-temperature results numpy arrays.
+
+Bounds, checked at entry with a ValueError naming the parameter:
+- Every value of probs and logits is finite; labels are integers in [0, C), one per row.
+- Temperatures lie in [TEMPERATURE_MIN, TEMPERATURE_MAX] = [1e-3, 1e4]: below 1e-3 the
+  factor 1/T (> 1000) turns logits of a few hundred into one-hot rows and, near T = 1e-45,
+  1/T is inf in float32 and every probability NaN; above 1e4 every row of realistic logits
+  is uniform to float32 precision. Additionally max|logit| / T must be finite in the dtype
+  the product is computed in (float32 logits: max|logit| <= 3.4e38 * T).
+- n_bins <= MAX_BINS = 10,000 (bins of width 1e-4; beyond that almost every bin holds at
+  most one sample of any realistic test set, and classwise_ece keeps C x n_bins sums);
+  classwise_ece also needs C * n_bins <= 2**25, and at most MAX_TEMPERATURES = 1,000
+  temperatures are swept in one call.
 Nothing loops over samples in Python: the work is torch reductions, bucketize and
 index_add, in row chunks where an intermediate would be N x C x (number of temperatures).
 """
@@ -30,9 +42,14 @@ import numpy as np
 import torch
 
 from kdlib._validate import as_tensor, check_int, check_positive
+from kdlib._validate import check_real as _check_real
 
 __all__ = [
+    "MAX_BINS",
+    "MAX_TEMPERATURES",
     "ROW_SUM_TOLERANCE",
+    "TEMPERATURE_MAX",
+    "TEMPERATURE_MIN",
     "ReliabilityBins",
     "adaptive_ece",
     "brier_score",
@@ -52,8 +69,26 @@ ROW_SUM_TOLERANCE = 1e-3
 
 _T_MIN, _T_MAX = 0.05, 20.0
 
+TEMPERATURE_MIN, TEMPERATURE_MAX = 1e-3, 1e4
+"""Allowed temperatures (see the module docstring for why)."""
+MAX_BINS = 10_000
+"""Largest n_bins of the binned metrics."""
+MAX_TEMPERATURES = 1_000
+"""Most temperatures in one ece_vs_temperature / nll_vs_temperature call."""
+_MAX_CLASS_BINS = 2**25  # classwise_ece: C * n_bins sums (two float64 arrays, 256 MB each)
+
 
 # --------------------------------------------------------------------------- validation
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    """as_tensor, with the parameter's name in every TypeError (torch's own do not say)."""
+    try:
+        return as_tensor(x, name)
+    except TypeError as err:
+        if str(err).startswith(name):
+            raise
+        raise TypeError(f"{name} must be a numeric array; {err}") from err
 
 
 def _float_tensor(x, name: str, detach: bool = True) -> torch.Tensor:
@@ -61,7 +96,7 @@ def _float_tensor(x, name: str, detach: bool = True) -> torch.Tensor:
 
     Metrics detach from autograd; tempered_softmax keeps the graph (detach=False).
     """
-    t = as_tensor(x, name)
+    t = _as_tensor(x, name)
     if detach:
         t = t.detach()
     if t.dtype.is_complex:
@@ -90,7 +125,7 @@ def _check_2d(t: torch.Tensor, name: str, what: str) -> None:
 
 def _check_labels(labels, n_samples: int, n_classes: int, device: torch.device, name: str):
     """Labels as an int64 tensor on `device`, validated against n_samples and n_classes."""
-    y = as_tensor(labels, "labels")
+    y = _as_tensor(labels, "labels")
     if y.ndim != 1:
         raise ValueError(
             f"labels must be a 1-D array of class indices, got shape {tuple(y.shape)}"
@@ -143,8 +178,13 @@ def _check_probs(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
     return p, y
 
 
-def _check_logits(logits, labels=None, *, matrix: bool = True, detach: bool = True):
-    """Validate logits (finite; N x C when `matrix`) and, if given, their labels."""
+def _check_logits(logits, labels=None, *, matrix: bool = True, detach: bool = True,
+                  temperature: float | None = None, in_accumulator: bool = False):
+    """Validate logits (finite; N x C when `matrix`) and, if given, their labels.
+
+    With `temperature` (the smallest one used), also check that logits / temperature is
+    finite in the logits' dtype (or, with `in_accumulator`, in the accumulator dtype).
+    """
     z = _float_tensor(logits, "logits", detach=detach)
     if matrix:
         _check_2d(z, "logits", "real scores")
@@ -154,16 +194,44 @@ def _check_logits(logits, labels=None, *, matrix: bool = True, detach: bool = Tr
             f"last dimension), got shape {tuple(z.shape)}"
         )
     # min and max are both finite exactly when nothing is inf (NaN propagates through both).
-    if not all(math.isfinite(float(v)) for v in torch.aminmax(z.detach())):
+    lo, hi = (float(v) for v in torch.aminmax(z.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(z)).sum())
         raise ValueError(f"logits contains NaN or inf ({bad} entries); all entries must be finite")
+    if temperature is not None:
+        dtype = _accumulator_dtype(z.device) if in_accumulator else z.dtype
+        _check_scaled_logits(max(-lo, hi), temperature, dtype)
     if labels is None:
         return z
     return z, _check_labels(labels, z.shape[0], z.shape[1], z.device, "logits")
 
 
+def _check_temperature(value, name: str) -> float:
+    """One temperature in [TEMPERATURE_MIN, TEMPERATURE_MAX], as a Python float."""
+    value = check_positive(value, name)  # type, finiteness and sign first
+    try:
+        return _check_real(value, name, TEMPERATURE_MIN, TEMPERATURE_MAX)
+    except ValueError as err:
+        raise ValueError(
+            f"{err} (below 1e-3 the factor 1/T turns logits into one-hot rows and near "
+            "1e-38 it overflows float32; above 1e4 every row is uniform)"
+        ) from None
+
+
+def _check_scaled_logits(max_abs: float, temperature: float, dtype: torch.dtype) -> None:
+    """Refuse logits whose largest magnitude divided by `temperature` overflows `dtype`."""
+    limit = torch.finfo(dtype).max
+    if max_abs / temperature > limit:
+        raise ValueError(
+            f"logits / temperature overflows {dtype}: max |logit| = {max_abs:.3g} and "
+            f"temperature = {temperature:g}; need temperature >= {max_abs / limit:.3g} "
+            "(or smaller logits)"
+        )
+
+
 def _check_temperatures(temperatures) -> list[float]:
-    """A non-empty 1-D sequence of finite temperatures > 0, as Python floats."""
+    """A non-empty 1-D sequence of at most MAX_TEMPERATURES temperatures in
+    [TEMPERATURE_MIN, TEMPERATURE_MAX], as Python floats."""
     if isinstance(temperatures, torch.Tensor):
         temperatures = temperatures.detach().cpu().tolist()
     if isinstance(temperatures, (str, bytes)):
@@ -177,11 +245,15 @@ def _check_temperatures(temperatures) -> list[float]:
         )
     if arr.size == 0:
         raise ValueError("temperatures is empty; give at least one temperature > 0")
-    return [check_positive(t, f"temperatures[{i}]") for i, t in enumerate(arr.tolist())]
+    if arr.size > MAX_TEMPERATURES:
+        raise ValueError(
+            f"temperatures holds {arr.size} values; at most {MAX_TEMPERATURES} per call"
+        )
+    return [_check_temperature(t, f"temperatures[{i}]") for i, t in enumerate(arr.tolist())]
 
 
 def _check_n_bins(n_bins) -> int:
-    return check_int(n_bins, "n_bins", minimum=1)
+    return check_int(n_bins, "n_bins", minimum=1, maximum=MAX_BINS)
 
 
 # --------------------------------------------------------------------------- binning
@@ -321,6 +393,11 @@ def classwise_ece(probs, labels, n_bins: int = 15) -> float:
     n_bins = _check_n_bins(n_bins)
     p, y = _check_probs(probs, labels)
     n, n_classes = p.shape
+    if n_classes * n_bins > _MAX_CLASS_BINS:
+        raise ValueError(
+            f"n_bins * n_classes must be <= {_MAX_CLASS_BINS} (class-wise sums), got "
+            f"{n_bins} * {n_classes}; use n_bins <= {_MAX_CLASS_BINS // n_classes}"
+        )
     acc = _accumulator_dtype(p.device)
     offsets = torch.arange(n_classes, device=p.device) * n_bins
     sum_p = torch.zeros(n_classes * n_bins, dtype=acc, device=p.device)
@@ -377,8 +454,8 @@ def tempered_softmax(logits, temperature) -> torch.Tensor:
     (the autograd graph is kept). The scaling is computed as logits * (1/T) so that
     ece_vs_temperature reproduces it bit for bit.
     """
-    t = check_positive(temperature, "temperature")
-    z = _check_logits(logits, matrix=False, detach=False)
+    t = _check_temperature(temperature, "temperature")
+    z = _check_logits(logits, matrix=False, detach=False, temperature=t)
     inv = _inverse_temperatures([t], z.dtype, z.device).reshape(())
     return torch.softmax(z * inv, dim=-1)
 
@@ -391,7 +468,7 @@ def ece_vs_temperature(logits, labels, temperatures, n_bins: int = 15) -> np.nda
     """
     n_bins = _check_n_bins(n_bins)
     temps = _check_temperatures(temperatures)
-    z, y = _check_logits(logits, labels)
+    z, y = _check_logits(logits, labels, temperature=min(temps))
     n, n_classes = z.shape
     k = len(temps)
     acc = _accumulator_dtype(z.device)
@@ -413,7 +490,7 @@ def nll_vs_temperature(logits, labels, temperatures) -> np.ndarray:
     Computed from log_softmax in float64 (no clamping needed), all temperatures together.
     """
     temps = _check_temperatures(temperatures)
-    z, y = _check_logits(logits, labels)
+    z, y = _check_logits(logits, labels, temperature=min(temps), in_accumulator=True)
     n, n_classes = z.shape
     acc = _accumulator_dtype(z.device)
     inv = _inverse_temperatures(temps, acc, z.device)
@@ -452,11 +529,18 @@ def fit_temperature(logits, labels, *, t_min: float = _T_MIN, t_max: float = _T_
     end (e.g. t_min for separable data with all predictions right), and 1.0 when every row of
     logits is constant (the NLL does not depend on T). Always a finite float > 0.
     """
-    t_min = check_positive(t_min, "t_min")
-    t_max = check_positive(t_max, "t_max")
+    t_min = _check_temperature(t_min, "t_min")
+    t_max = _check_temperature(t_max, "t_max")
     if not t_min < t_max:
         raise ValueError(f"t_min must be < t_max, got t_min={t_min}, t_max={t_max}")
-    z, y = _check_logits(logits, labels)
+    z, y = _check_logits(logits, labels, temperature=t_min, in_accumulator=True)
+    # The Newton steps also square differences of logits in the accumulator dtype.
+    max_abs, limit = float(z.abs().max()), torch.finfo(_accumulator_dtype(z.device)).max
+    if 2 * max_abs > math.sqrt(limit):
+        raise ValueError(
+            f"logits too large to fit a temperature: max |logit| = {max_abs:.3g}, allowed "
+            f"<= {math.sqrt(limit) / 2:.3g} (the NLL's curvature squares logit differences)"
+        )
     if float((z.amax(dim=1) - z.amin(dim=1)).max()) == 0.0:
         return min(max(1.0, t_min), t_max)
     lo, hi = 1.0 / t_max, 1.0 / t_min
