@@ -52,6 +52,8 @@ MAX_RATIO = 50.0  # extracted bytes per byte of archive (plus 1 MiB)
 MAX_NAME_CHARS = 1024  # characters in one member name; 255 UTF-8 bytes per component
 
 _CHUNK = 1 << 20  # bytes per read when downloading / hashing / extracting
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                    *(f"{d}{i}" for d in ("COM", "LPT") for i in "0123456789¹²³")}
 _RATIO_SLACK = 1 << 20
 
 
@@ -155,8 +157,9 @@ def _refuse(name, why: str) -> ValueError:
 def _member_parts(name) -> tuple:
     """The path components of member `name` below the extraction folder, or ValueError.
 
-    Allowed: relative '/'-separated names without '..' components, backslashes, colons
-    (drive letters, NTFS streams) or NUL; '.' and empty components are dropped.
+    Refused: empty, over-long or absolute names, '..' components, backslashes, colons (drive
+    letters, NTFS streams), NUL, and components Windows would alias (reserved device names
+    such as CON or nul.txt, a trailing dot or space). '.' and empty components are dropped.
     """
     if not isinstance(name, str) or not name:
         raise _refuse(name, "its name is empty")
@@ -176,6 +179,10 @@ def _member_parts(name) -> tuple:
         raise _refuse(name, "its name has a '..' component")
     if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
         raise _refuse(name, "a component of its name is longer than 255 bytes")
+    for part in parts:
+        if part.endswith((".", " ")) or part.split(".")[0].upper().rstrip() in _WINDOWS_DEVICES:
+            raise _refuse(name, f"its component {part!r} is a Windows device name or ends in "
+                                f"'.' or ' ' (Windows would write it elsewhere)")
     return parts
 
 

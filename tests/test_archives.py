@@ -169,6 +169,11 @@ BAD_NAMES = [
     ("C:\\evil.txt", "backslash"),
     (f"{FOLDER}/meta:stream", "drive letter"),
     (f"{FOLDER}/" + "x" * 300, "longer than 255 bytes"),
+    (f"{FOLDER}/CON", "Windows device name"),
+    (f"{FOLDER}/nul.txt", "Windows device name"),
+    (f"{FOLDER}/Com1.meta", "Windows device name"),
+    (f"{FOLDER}/data_batch_1.", "ends in '.'"),
+    (f"{FOLDER}/data_batch_1 ", "ends in '.' or ' '"),
 ]
 
 

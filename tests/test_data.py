@@ -543,7 +543,10 @@ class SharedBufferArray:
         self.buf = buf
 
     def __reduce__(self):
-        from numpy._core.multiarray import _reconstruct
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _reconstruct
 
         return (_reconstruct, (np.ndarray, (0,), b"b"),
                 (1, (1, len(self.buf)), np.dtype(np.uint8), False, self.buf))
