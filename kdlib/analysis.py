@@ -6,7 +6,23 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdlib._validate import check_int
+from kdlib._validate import check_int, check_real
+
+MAX_BOOT = 100_000
+"""Most bootstrap replicates of one call (each is a Python pass over the cells)."""
+
+
+def _vector(values, name: str) -> np.ndarray:
+    """`values` as a float64 numpy array; TypeError naming `name` if it is not numeric."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a 1-D sequence of numbers, got a string")
+    if hasattr(values, "detach"):  # torch tensor
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a 1-D sequence of real numbers; {err}") from err
+    return arr
 
 
 def spearman(x, y) -> float:
@@ -14,8 +30,8 @@ def spearman(x, y) -> float:
 
     Ties get average ranks (scipy.stats.spearmanr). NaN if either input is constant.
     """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
+    x = _vector(x, "x")
+    y = _vector(y, "y")
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
     if x.size < 3:
@@ -30,6 +46,9 @@ def spearman(x, y) -> float:
 def _check_columns(df: pd.DataFrame, cols) -> None:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    for c in cols:
+        if not isinstance(c, str):
+            raise TypeError(f"column names must be strings, got {c!r} ({type(c).__name__})")
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the table; it has {list(df.columns)}")
@@ -47,10 +66,20 @@ def bootstrap_spearman(df: pd.DataFrame, x: str, y: str, cell: str = "temperatur
     "n_seeds"}; with one seed per cell the interval collapses to the point estimate.
     """
     _check_columns(df, [x, y, cell, seed_col])
-    n_boot = check_int(n_boot, "n_boot", minimum=1)
+    n_boot = check_int(n_boot, "n_boot", minimum=1, maximum=MAX_BOOT)
+    level = check_real(level, "level", 0.0, 1.0)
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    rng_seed = check_int(rng_seed, "rng_seed", minimum=0)
+    for col in (x, y):
+        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            raise TypeError(f"column {col!r} must hold real numbers, got dtype {df[col].dtype}")
     groups = [g[[x, y]].to_numpy(float) for _, g in df.groupby(cell, sort=True)]
+    if len(groups) < 3:
+        raise ValueError(
+            f"need at least 3 distinct values of {cell!r} (cells) for a rank correlation, "
+            f"got {len(groups)}"
+        )
     means = np.array([g.mean(0) for g in groups])
     rho = spearman(means[:, 0], means[:, 1])
     rng = np.random.default_rng(rng_seed)
@@ -73,12 +102,17 @@ def spearman_table(df: pd.DataFrame, x: str, y: str, by: str = "loss", **kwargs)
 
 
 def fit_line(x, y) -> tuple[float, float]:
-    """Least-squares line y = slope * x + intercept; returns (slope, intercept)."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
+    """Least-squares line y = slope * x + intercept of finite 1-D x, y (>= 2 points, x not
+    constant); returns (slope, intercept)."""
+    x = _vector(x, "x")
+    y = _vector(y, "y")
     if x.ndim != 1 or x.shape != y.shape or x.size < 2:
         raise ValueError(
             f"x and y must be 1-D, equal length, >= 2 points; got {x.shape}, {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("x and y must be finite (found NaN or inf)")
+    if np.ptp(x) == 0:
+        raise ValueError("x is constant; a line through it has no defined slope")
     slope, intercept = np.polyfit(x, y, 1)
     return float(slope), float(intercept)
 

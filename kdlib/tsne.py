@@ -28,6 +28,7 @@ MIN_POINTS = 4
 # OpenMP spin-waiting cost more than the work (90 points: 0.4 s on 1 thread, 10-35 s on 2
 # threads of a loaded 2-core machine).
 SINGLE_THREAD_BELOW_N = 5_000
+MAX_JOBS = 1_024  # threads; each backend starts that many, so a typo must not reach it
 
 
 def available_backends() -> list[str]:
@@ -87,8 +88,8 @@ def tsne(features, n_components: int = 2, perplexity: float = 30.0, seed: int = 
     perplexity: > 0 and < N (the effective number of neighbours; each point's kernel uses
     its min(N - 1, 3 * perplexity) nearest neighbours). seed: integer >= 0, fixes the result.
     backend: "auto" (openTSNE if installed, else scikit-learn), "opentsne" or "sklearn".
-    n_jobs: threads (>= 1); None = 1 below SINGLE_THREAD_BELOW_N points, else every core
-    this process may use. Needs N >= 4 finite rows, not all identical.
+    n_jobs: threads (1 .. MAX_JOBS = 1024); None = 1 below SINGLE_THREAD_BELOW_N points, else
+    every core this process may use. Needs N >= 4 finite rows, not all identical.
     """
     x = _as_features(features)
     n = x.shape[0]
@@ -99,7 +100,7 @@ def tsne(features, n_components: int = 2, perplexity: float = 30.0, seed: int = 
     seed = check_int(seed, "seed", minimum=0, maximum=2**32 - 1)
     if n_jobs is None:
         n_jobs = 1 if n < SINGLE_THREAD_BELOW_N else _cores()
-    n_jobs = check_int(n_jobs, "n_jobs", minimum=1)
+    n_jobs = check_int(n_jobs, "n_jobs", minimum=1, maximum=MAX_JOBS)
     which = resolve_backend(backend)
     from threadpoolctl import threadpool_limits
 
