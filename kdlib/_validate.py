@@ -93,3 +93,14 @@ def check_real(value, name: str, minimum: float | None = None,
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be in {allowed}, got {value:g}")
     return value
+
+
+def as_named_tensor(x, name: str):
+    """as_tensor, but every TypeError names `name` (torch's own conversion errors, e.g. for
+    numpy string arrays, do not)."""
+    try:
+        return as_tensor(x, name)
+    except TypeError as err:
+        if str(err).startswith(name):
+            raise
+        raise TypeError(f"{name} must be a numeric array; {err}") from err

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kdlib._validate import as_tensor, check_int, check_positive
+from kdlib._validate import as_named_tensor, check_int, check_positive
 from kdlib._validate import check_real as _check_real
 
 __all__ = [
@@ -81,22 +81,12 @@ _MAX_CLASS_BINS = 2**25  # classwise_ece: C * n_bins sums (two float64 arrays, 2
 # --------------------------------------------------------------------------- validation
 
 
-def _as_tensor(x, name: str) -> torch.Tensor:
-    """as_tensor, with the parameter's name in every TypeError (torch's own do not say)."""
-    try:
-        return as_tensor(x, name)
-    except TypeError as err:
-        if str(err).startswith(name):
-            raise
-        raise TypeError(f"{name} must be a numeric array; {err}") from err
-
-
 def _float_tensor(x, name: str, detach: bool = True) -> torch.Tensor:
     """`x` as a real floating tensor: ints/bools become float32, half types float32.
 
     Metrics detach from autograd; tempered_softmax keeps the graph (detach=False).
     """
-    t = _as_tensor(x, name)
+    t = as_named_tensor(x, name)
     if detach:
         t = t.detach()
     if t.dtype.is_complex:
@@ -125,7 +115,7 @@ def _check_2d(t: torch.Tensor, name: str, what: str) -> None:
 
 def _check_labels(labels, n_samples: int, n_classes: int, device: torch.device, name: str):
     """Labels as an int64 tensor on `device`, validated against n_samples and n_classes."""
-    y = _as_tensor(labels, "labels")
+    y = as_named_tensor(labels, "labels")
     if y.ndim != 1:
         raise ValueError(
             f"labels must be a 1-D array of class indices, got shape {tuple(y.shape)}"

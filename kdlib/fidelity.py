@@ -12,12 +12,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdlib._validate import as_tensor, check_positive, check_real
+from kdlib._validate import as_named_tensor, check_positive, check_real
 from kdlib.calibration import TEMPERATURE_MAX, TEMPERATURE_MIN
 
 
 def _logits(x, name: str) -> torch.Tensor:
-    t = as_tensor(x, name)
+    t = as_named_tensor(x, name)
     if not t.is_floating_point():
         raise TypeError(f"{name} must be floating point logits, got dtype {t.dtype}")
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
