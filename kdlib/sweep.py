@@ -1014,6 +1014,7 @@ def run(
             tally("failed")
 
     def finish(future: cf.Future, key: str) -> None:
+        isolate.discard(key)
         try:
             outcome = future.result()
         except BaseException as err:  # the executor failed: pickling, dead worker, cancel...

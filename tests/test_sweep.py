@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -274,12 +275,13 @@ def test_store_and_load_errors(tmp_path):
 # --------------------------------------------------------------------------- crash and concurrency
 
 
-def start_sweep_process(store, log, n_cells, sleep) -> subprocess.Popen:
+def start_sweep_process(store, log, n_cells, sleep, workers=None) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    pool = [] if workers is None else [str(workers)]
     return subprocess.Popen(
         [sys.executable, str(TESTS_DIR / "sweep_helpers.py"), str(store), str(log),
-         str(n_cells), str(sleep)],
+         str(n_cells), str(sleep), *pool],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
 
@@ -406,3 +408,195 @@ def test_dask_local_cluster_matches_in_process(tmp_path):
     # 6 calls by the broken run, then only the failed cell again
     assert sorted(calls(log)) == sorted([(c["T"], c["seed"]) for c in grid] + [(3.0, 2)])
     check_store(tmp_path / "b.sqlite", grid)
+
+
+# --------------------------------------------------------------------------- dying workers
+
+
+def death_fn(tmp_path, **kwargs):
+    log = tmp_path / "calls.log"
+    return functools.partial(helpers.die_cell, log_path=str(log), **kwargs), log
+
+
+def death_rows(store) -> dict:
+    with closing(sqlite3.connect(store)) as conn:
+        return dict(conn.execute("SELECT key, deaths FROM sweep_deaths").fetchall())
+
+
+def test_dying_worker_fails_only_its_cell_and_the_rest_run_on_a_fresh_pool(tmp_path):
+    grid = helpers.grid(6)
+    store = tmp_path / "s.sqlite"
+    # cell 3 kills its worker once cell 4 (its neighbour, sleeping 0.3 s) has started
+    fn, log = death_fn(tmp_path, die_T=3.0, sleep=0.3, wait_lines=4)
+    with ProcessPoolExecutor(max_workers=2, initializer=helpers.set_init_tag,
+                             initargs=("ready",)) as pool:
+        with pytest.raises(sweep.SweepError) as info:
+            sweep.run(fn, grid, store, executor=pool, progress=False)
+    err = info.value
+    (failure,) = err.failures  # the innocent neighbour in flight is not blamed
+    assert (failure["T"], failure["seed"]) == (3.0, 2)
+    (dead_pid,) = [c["pid"] for c in helpers.read_log(log) if c["T"] == 3.0]
+    assert failure["_error_type"] == "WorkerDied"
+    assert failure["_error"].startswith(
+        f"worker process {dead_pid} died (killed by signal 9, SIGKILL: out of memory?) "
+        "while running this cell; worker deaths of this cell: 1"
+    )
+    assert failure["_deaths"] == 1 and failure["_attempts"] == 1
+    assert "1 of 6 cells failed" in str(err) and "WorkerDied: worker process" in str(err)
+    # every other cell finished, on the fresh pool, whose workers ran the user's initializer
+    assert [r["T"] for r in err.results] == [1.0, 2.0, 4.0, 5.0, 6.0]
+    assert [r["init"] for r in err.results] == ["ready"] * 5
+    assert [r["score"] for r in err.results] == [100, 201, 400, 501, 602]
+    ran = calls(log)
+    assert ran.count((4.0, 0)) == 2  # in flight when the pool broke: re-queued, run again
+    assert ran.count((3.0, 2)) == 1  # not retried within the run
+    assert sorted(set(ran)) == sorted((c["T"], c["seed"]) for c in grid)
+    assert sweep.status(store) == {"done": 5, "failed": 1, "in_flight": 0}
+    assert death_rows(store) == {sweep.cell_key(grid[2]): 1}
+
+
+def test_worker_deaths_are_counted_across_runs_then_the_cell_is_skipped(tmp_path):
+    grid = helpers.grid(3)
+    store = tmp_path / "s.sqlite"
+    fn, log = death_fn(tmp_path, die_T=2.0, exit_code=3)
+    for bad, exc in ((0, ValueError), (True, TypeError), (2.0, TypeError)):
+        with pytest.raises(exc, match="max_worker_deaths must be None"):
+            sweep.run(fn, grid, store, max_worker_deaths=bad)
+    assert not store.exists()
+
+    messages = []
+    for _ in range(2):
+        with ProcessPoolExecutor(max_workers=2) as pool:
+            with pytest.raises(sweep.SweepError) as info:
+                sweep.run(fn, grid, store, executor=pool, progress=False)
+        (failure,) = info.value.failures
+        messages.append(failure["_error"])
+        assert [r["T"] for r in info.value.results] == [1.0, 3.0]
+    assert "died (exited with code 3) while running this cell; worker deaths of this " \
+           "cell: 1 (the next run retries it)" in messages[0]
+    assert "worker deaths of this cell: 2 (max_worker_deaths=2: the next run skips it)" \
+           in messages[1]
+    assert failure["_attempts"] == 2
+    assert calls(log).count((2.0, 1)) == 2
+
+    with ProcessPoolExecutor(max_workers=2) as pool:  # third run: skipped, fn not called
+        with pytest.raises(sweep.SweepError, match="skipped: its worker process died 2 times"):
+            sweep.run(fn, grid, store, executor=pool, progress=False)
+    assert calls(log).count((2.0, 1)) == 2
+    quiet = sweep.run(fn, grid, store, progress=False, raise_errors=False)  # also inline
+    (failure,) = quiet.failures
+    assert failure["_deaths"] == 2 and failure["_error"].startswith("skipped")
+    assert "Last time: worker process" in failure["_error"]
+    assert calls(log).count((2.0, 1)) == 2
+
+    fixed, _ = logged(tmp_path)  # the cause is fixed: let it run again
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        results = sweep.run(fixed, grid, store, executor=pool, progress=False,
+                            max_worker_deaths=None)
+    assert [r["score"] for r in results] == [100, 201, 302]
+    assert death_rows(store) == {}  # success clears the count
+    check_store(store, grid)
+
+
+def test_unattributable_break_reruns_the_suspects_one_at_a_time(tmp_path, monkeypatch):
+    # without exit codes a break cannot tell the dead worker from the one the pool stopped
+    monkeypatch.setattr(sweep._ProcessPoolKeeper, "exit_code", lambda self, pid: None)
+    grid = helpers.grid(4)
+    store = tmp_path / "s.sqlite"
+    fn, log = death_fn(tmp_path, die_T=1.0, sleep=0.3, wait_lines=2)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        with pytest.raises(sweep.SweepError) as info:
+            sweep.run(fn, grid, store, executor=pool, progress=False)
+    (failure,) = info.value.failures
+    assert failure["T"] == 1.0
+    assert "died (exit status unknown) while running this cell" in failure["_error"]
+    assert failure["_deaths"] == 1  # one death recorded, although it died twice
+    assert [r["T"] for r in info.value.results] == [2.0, 3.0, 4.0]
+    ran = calls(log)
+    assert ran.count((1.0, 0)) == 2 and ran.count((2.0, 1)) == 2  # both suspects rerun
+    # alone: the second run of cell 1 started after cell 2's first run had been stopped,
+    # and cell 3 only started after the suspects were cleared
+    order = [c for c in ran]
+    assert order[:4] == [(1.0, 0), (2.0, 1), (1.0, 0), (2.0, 1)] or \
+        order[:4] == [(2.0, 1), (1.0, 0), (1.0, 0), (2.0, 1)]
+    assert death_rows(store) == {sweep.cell_key(grid[0]): 1}
+
+
+def test_pool_that_breaks_outside_any_cell_raises_instead_of_looping(tmp_path):
+    store = tmp_path / "s.sqlite"
+    fn, log = logged(tmp_path)
+    with ProcessPoolExecutor(max_workers=2, initializer=helpers.failing_initializer) as pool:
+        with pytest.raises(RuntimeError, match="broke 3 times in a row and no cell could be "
+                                               "blamed"):
+            sweep.run(fn, helpers.grid(3), store, executor=pool, progress=False)
+    assert calls(log) == []
+    assert sweep.status(store) == {"done": 0, "failed": 0, "in_flight": 0}  # nobody blamed
+
+
+def pid_running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan's zombie may wait for init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def kill_and_wait_gone(proc, pids, limit=5.0) -> list[int]:
+    """SIGKILL `proc`, reap it, wait up to `limit` s for `pids` to end; the pids still
+    running."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()  # not communicate(): surviving children would hold its pipes open
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
+    deadline = time.monotonic() + limit
+    while any(pid_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if pid_running(p)]
+
+
+def kill_leftovers(proc, pids) -> None:
+    """Do not leave processes behind when a test fails."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_pool_workers_exit_when_the_sweep_process_is_killed(tmp_path):
+    store, log = tmp_path / "s.sqlite", tmp_path / "calls.log"
+    proc = start_sweep_process(store, log, 4, 30.0, workers=2)  # cells sleep 30 s
+    pids: set = set()
+    try:
+        wait_until(lambda: len({c["pid"] for c in helpers.read_log(log)}) == 2,
+                   "two workers running cells", proc)
+        pids = {c["pid"] for c in helpers.read_log(log)}
+        assert proc.pid not in pids
+        assert kill_and_wait_gone(proc, pids) == []
+    finally:
+        kill_leftovers(proc, pids)
+
+
+def test_watchdog_alone_ends_a_worker_whose_parent_died(tmp_path):
+    """The portable fallback (no PR_SET_PDEATHSIG): a thread polling the parent."""
+    log = tmp_path / "calls.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, str(TESTS_DIR / "sweep_helpers.py"), "--watchdog",
+                             str(log)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids: list = []
+    try:
+        wait_until(lambda: len(helpers.read_log(log)) == 1, "the guarded child", proc)
+        pids = [c["pid"] for c in helpers.read_log(log)]
+        assert pid_running(pids[0])
+        assert kill_and_wait_gone(proc, pids, limit=3.0) == []
+    finally:
+        kill_leftovers(proc, pids)
