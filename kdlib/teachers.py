@@ -17,16 +17,18 @@ interrupted run resumes from `state.pt`; an unusable `state.pt` is moved aside t
 way and training starts over. A full disk raises kdlib.atomic.DiskFullError (the files
 already there are left intact); it is never turned into a retrain.
 
-Checkpoint cadence. The cache writes `epoch_XXXX.pt` every `cache_cadence(...)` epochs:
-the greatest common divisor of the caller's checkpoint_every and the base cadence (the
-finest of 1, 2, 5, 10, 20, 50, ... epochs that gives at most MAX_BASE_CHECKPOINTS files:
-every epoch up to 30 epochs, every 10 of the paper's 240), unless that would exceed
-MAX_BASE_CHECKPOINTS files, then the caller's own cadence. So any cadence is served for
-short runs, and cadences 1, 2, 5, 10 ... for long ones. If a cached teacher still lacks
-an epoch a caller needs (a cadence that does not divide the one written), get_teacher
-warns and retrains it once from seed, writing the union of both cadences; later callers
-of either cadence then find everything. `teacher_checkpoints(record)` lists only the
-epochs of the caller's own cadence (record["checkpoint_epochs"]), whatever else is on disk.
+Checkpoint cadence. Whatever the caller's recipe.checkpoint_every, the cache writes
+`epoch_XXXX.pt` every `cache_cadence(epochs, checkpoint_every)` epochs: the gcd of the
+caller's cadence and a base cadence (the finest of 1, 2, 5, 10, 20, 50, ... epochs giving
+at most MAX_BASE_CHECKPOINTS = 30 files: every epoch for runs of up to 30 epochs, every 10
+of the paper's 240), or the caller's own cadence where the gcd would exceed 30 files.
+Runs of up to 30 epochs therefore serve every cadence from one training; for longer runs
+every multiple of the base is always there. If a cached teacher lacks an epoch a caller
+needs (say cadence 5 after a first training at cadence 10), get_teacher warns and retrains
+it once from seed, writing every gcd(old, new) epochs, so later callers of either cadence
+find all their files. record["config"]["recipe"]["checkpoint_every"] is the cadence
+written; `teacher_checkpoints(record)` lists only the epochs of the caller's own cadence
+(record["checkpoint_epochs"]), whatever else is on disk.
 """
 
 from __future__ import annotations
@@ -216,6 +218,14 @@ def _missing_checkpoints(folder: Path, epochs: list[int]) -> list[int]:
     return missing
 
 
+def _written_cadence(record: dict) -> int:
+    """checkpoint_every of the run that wrote a cached record (0 if unknown)."""
+    config = record.get("config")
+    rec = config.get("recipe") if isinstance(config, dict) else None
+    every = rec.get("checkpoint_every") if isinstance(rec, dict) else 0
+    return every if isinstance(every, int) and every > 0 else 0
+
+
 def _check_inputs(arch, data, recipe, seed, cache_dir, progress, model_kwargs):
     if not isinstance(arch, str) or not arch:
         raise TypeError(f"arch must be a model name such as 'resnet20', got {arch!r}")
@@ -259,7 +269,7 @@ def get_teacher(arch: str, data, recipe: Recipe, seed: int = 0, *, cache_dir=DEF
     data, seed, model_kwargs = _check_inputs(arch, data, recipe, seed, cache_dir, progress,
                                              model_kwargs)
     dev = resolve_device(device)
-    make_model(arch, data, seed=seed, **model_kwargs)  # an unknown arch fails here, not later
+    fresh = make_model(arch, data, seed=seed, **model_kwargs)  # an unknown arch fails here
     key = teacher_key(arch, data, recipe, seed, model_kwargs)
     folder = teacher_dir(key, cache_dir)
     final = folder / "final.pt"
@@ -270,8 +280,7 @@ def get_teacher(arch: str, data, recipe: Recipe, seed: int = 0, *, cache_dir=DEF
         _warn_and_move(folder, "a file where the cache folder belongs")
     if final.exists():
         try:
-            model, record = _load_final(final, key, make_model(arch, data, seed=seed,
-                                                               **model_kwargs))
+            model, record = _load_final(final, key, fresh)
         except Exception as err:  # every load failure: unusable, moved aside, retrained
             _warn_and_move(final, err)
         else:
@@ -279,8 +288,7 @@ def get_teacher(arch: str, data, recipe: Recipe, seed: int = 0, *, cache_dir=DEF
             if not missing:
                 record = {**record, "cache_dir": str(folder), "checkpoint_epochs": needed}
                 return model.eval(), record
-            written = record.get("config", {}).get("recipe", {}).get("checkpoint_every", 0)
-            cadence = math.gcd(cadence, written or cadence)
+            cadence = math.gcd(cadence, _written_cadence(record) or cadence)
             warnings.warn(f"cached teacher {folder} lacks the checkpoints of epochs {missing} "
                           f"(recipe.checkpoint_every={recipe.checkpoint_every}); retraining it "
                           f"from seed to write every {cadence} epochs", stacklevel=2)

@@ -218,6 +218,16 @@ def test_state_of_another_run_is_moved_aside(reference, digits_small, tmp_path):
     assert len(moved) == 2 and hash_path(moved[0]) == moved[1]  # the file and its sidecar
 
 
+def test_file_in_place_of_the_folder_is_moved_aside(reference, digits_small, tmp_path):
+    _, name, weights, _ = reference
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / name).write_text("not a folder")
+    model, _ = _get_warned(digits_small, tmp_path / "c", match="cache folder")
+    assert _same(model, weights)
+    [moved] = (tmp_path / "c").glob(f"{name}.bad-*")
+    assert moved.read_text() == "not a folder"
+
+
 # ----------------------------------------------------------------- epoch checkpoints
 
 
