@@ -136,8 +136,9 @@ _ALL = object()  # status(): every namespace
 
 class SweepError(RuntimeError):
     """Some cells raised. ``.failures``: one dict per failed cell (the cell's keys plus
-    ``_key``, ``_error_type``, ``_error``, ``_traceback``, ``_failed_at``, ``_attempts``);
-    ``.results``: the ``SweepResults`` of the cells that succeeded (already committed)."""
+    ``_key``, ``_error_type``, ``_error``, ``_traceback``, ``_failed_at``, ``_attempts``; cells
+    whose pool worker died: ``_error_type`` ``"WorkerDied"`` and ``_deaths``, the deaths counted
+    so far); ``.results``: the ``SweepResults`` of the cells that succeeded (committed)."""
 
     def __init__(self, message: str, failures: list[dict], results: SweepResults):
         super().__init__(message)
@@ -1040,8 +1041,9 @@ def run(
         commit_failure(key, WORKER_DIED, "", "", None, death=message)
 
     def on_break(err: BaseException) -> None:
-        """The pool broke: settle every in-flight cell, blame the ones whose worker died,
-        re-queue the others (first), and continue on a fresh pool."""
+        """The pool broke: settle every in-flight cell, blame the one whose worker died by
+        itself, re-queue the others (first; several candidates are then run one at a time),
+        and continue on a fresh pool."""
         keeper.settle_broken()
         settled = list(in_flight.items())
         in_flight.clear()
@@ -1055,11 +1057,14 @@ def run(
                 suspects.append((key, pid, keeper.exit_code(pid)))
             else:
                 unstarted.append(key)
-        died = [s for s in suspects if s[2] is not None and s[2] != -signal.SIGTERM]
-        unknown = [s for s in suspects if s[2] is None]
-        culprits = died or (unknown if len(unknown) == 1 else [])
-        if not culprits and len(unknown) > 1:
-            isolate.update(k for k, _, _ in unknown)
+        # the pool SIGTERMs the workers it stops; any other exit status died by itself
+        candidates = [s for s in suspects if s[2] != -signal.SIGTERM]
+        died = [s for s in candidates if s[2] is not None]
+        culprits = []
+        if len(died) == 1 or (not died and len(candidates) == 1):
+            culprits = died or candidates
+        elif len(candidates) > 1:  # cannot single one out: rerun each alone
+            isolate.update(k for k, _, _ in candidates)
         for key, pid, code in culprits:
             isolate.discard(key)
             blame(key, pid, code)
@@ -1085,9 +1090,12 @@ def run(
     try:
         while queue or in_flight:
             candidates, limit = queue, window - len(in_flight)
-            if isolate:
-                candidates = [k for k in queue if k in isolate]
-                limit = 0 if in_flight else 1
+            if isolate:  # suspects of a break: one at a time, nothing else in flight
+                suspects = [k for k in queue if k in isolate]
+                if suspects or in_flight:
+                    candidates, limit = suspects, (0 if in_flight else 1)
+                else:
+                    isolate.clear()
             if candidates and limit > 0:
                 claimed, done, busy = db.claim(candidates, limit)
                 seen = set(claimed) | set(done) | set(busy)
