@@ -104,3 +104,22 @@ def as_named_tensor(x, name: str):
         if str(err).startswith(name):
             raise
         raise TypeError(f"{name} must be a numeric array; {err}") from err
+
+
+def check_finite_tensor(x, name: str):
+    """Raise ValueError if the floating tensor `x` holds NaN or +-inf (naming how many and
+    the first position); integer and bool tensors pass unscanned. Returns `x`.
+
+    One scan of the values (a host sync on CUDA): call it once at entry, not every step."""
+    import torch
+    if not torch.is_floating_point(x) and not torch.is_complex(x):
+        return x
+    bad = ~torch.isfinite(x)
+    n_bad = int(bad.sum())
+    if n_bad:
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} must hold finite values only; it has {n_bad} NaN/inf value(s) of "
+            f"{x.numel()}, the first at index {first[0] if len(first) == 1 else first} "
+            f"({x[first].item()})")
+    return x
