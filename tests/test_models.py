@@ -366,3 +366,34 @@ def test_vmap_functional_grad_with_per_copy_batches():
         state = alone[i].state_dict()
         for key, value in buffers.items():
             torch.testing.assert_close(value[i], state[key], atol=1e-6, rtol=1e-5)
+
+
+def test_parameter_counts_are_computed_exactly_before_building():
+    from kdlib.models import MLP, CIFARResNet, MobileNetV2, WideResNet
+    from kdlib.models.mlp import mlp_parameter_count
+    from kdlib.models.mobilenetv2 import mobilenetv2_parameter_count
+    from kdlib.models.resnet import WIDE_CHANNELS, resnet_parameter_count
+    from kdlib.models.wrn import wrn_parameter_count
+
+    assert resnet_parameter_count(20, 7, 2, WIDE_CHANNELS) == count_parameters(
+        CIFARResNet(20, 7, 2, WIDE_CHANNELS))
+    assert wrn_parameter_count(16, 3, 13, 1) == count_parameters(WideResNet(16, 3, 13, 1))
+    assert mobilenetv2_parameter_count(5, 3, 3, 1.5) == count_parameters(
+        MobileNetV2(5, 3, 3, 1.5))
+    assert mlp_parameter_count(3, 4, (5, 6)) == count_parameters(MLP(3, 4, (5, 6))) == 84
+    # the deepest allowed ResNet, counted without building it (measured once: 19,424,026)
+    assert resnet_parameter_count(1202, 10, 3, (16, 16, 32, 64)) == 19_424_026
+
+
+def test_parse_model_name_is_the_one_parser():
+    from kdlib.models import ModelSpec, parse_model_name
+
+    assert parse_model_name("resnet1202") == ModelSpec("resnet", 1202, None, (16, 16, 32, 64))
+    assert parse_model_name("resnet8x4").channels == (32, 64, 128, 256)
+    assert parse_model_name("wrn_1000_32") == ModelSpec("wrn", 1000, 32)
+    assert parse_model_name("mlp") == ModelSpec("mlp")
+    for bad in ("resnet1208", "wrn_1006_1", "wrn_16_33"):
+        with pytest.raises(ValueError, match="<="):
+            parse_model_name(bad)
+    with pytest.raises(TypeError, match="name"):
+        parse_model_name(20)
