@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from kdlib._validate import check_int
+from kdlib._validate import check_finite_tensor, check_int
 
 __all__ = ["Batch", "DeviceData", "to_float", "normalize", "crop_flip", "augment_batch"]
 
@@ -134,11 +134,31 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool,
     return crop_flip(x, pad, offsets, flips)
 
 
+def _check_values(dataset) -> None:
+    """Refuse NaN/inf inputs or posteriors and labels outside [0, num_classes), once, before
+    anything trains on them (a NaN input would otherwise surface only as NaN metrics)."""
+    num_classes = getattr(dataset, "num_classes", None)
+    for split in ("train", "test"):
+        check_finite_tensor(getattr(dataset, f"{split}_x"), f"data.{split}_x")
+        post = getattr(dataset, f"{split}_posterior", None)
+        if post is not None:
+            check_finite_tensor(post, f"data.{split}_posterior")
+        y = getattr(dataset, f"{split}_y")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TypeError(f"data.{split}_y must hold integer class indices, got {y.dtype}")
+        if num_classes is not None and len(y):
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(f"data.{split}_y must lie in [0, {num_classes}), got "
+                                 f"[{lo}, {hi}]")
+
+
 class DeviceData:
     """A `kdlib.data.Dataset` moved to `device` once; yields normalized batches from there.
 
     Attributes: train_x, train_y, test_x, test_y, train_posterior, test_posterior (tensors on
-    the device, images kept uint8 until batched), dataset, device.
+    the device, images kept uint8 until batched), dataset, device. The constructor refuses
+    NaN/inf inputs or posteriors and out-of-range labels (one scan, at construction).
     """
 
     def __init__(self, dataset, device="cpu"):
@@ -153,6 +173,7 @@ class DeviceData:
             self.device = torch.device(device)
         except RuntimeError as err:
             raise ValueError(f"unknown device {device!r}; use e.g. 'cpu' or 'cuda:0'") from err
+        _check_values(dataset)
         self.dataset = dataset
         self.train_x = dataset.train_x.to(self.device)
         self.train_y = dataset.train_y.to(self.device)
@@ -182,10 +203,13 @@ class DeviceData:
     def input_shape(self) -> tuple:
         return tuple(self.train_x.shape[1:])
 
-    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
-        """Number of training batches per epoch."""
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False,
+                        drop_single: bool = False) -> int:
+        """Number of training batches per epoch (see `train_batches` for the flags)."""
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         if drop_last:
+            return self.num_train // batch_size
+        if drop_single and batch_size > 1 and self.num_train % batch_size == 1:
             return self.num_train // batch_size
         return -(-self.num_train // batch_size)
 
@@ -197,20 +221,29 @@ class DeviceData:
         return normalize(x, self._mean, self._std)
 
     def train_batches(self, batch_size: int, generator: torch.Generator, augment: bool = True,
-                      drop_last: bool = False) -> Iterator[Batch]:
+                      drop_last: bool = False, drop_single: bool = False) -> Iterator[Batch]:
         """One epoch of shuffled training batches (a permutation drawn from the CPU
-        `generator`). Augmented when `augment` and the dataset's `augment` are both True."""
+        `generator`). Augmented when `augment` and the dataset's `augment` are both True.
+
+        drop_last: drop any final batch shorter than batch_size. drop_single: drop the final
+        batch only when it holds a single sample (BatchNorm cannot train on one sample: its
+        batch variance is 0, and with a 1 x 1 feature map torch refuses it); that sample is
+        simply not seen this epoch (the next epoch draws a new permutation). The engine sets
+        it for models with BatchNorm layers. Nothing is drawn from `generator` for a dropped
+        batch, so runs stay deterministic and resumable.
+        """
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         _check_generator(generator)
-        for value, label in ((augment, "augment"), (drop_last, "drop_last")):
+        for value, label in ((augment, "augment"), (drop_last, "drop_last"),
+                             (drop_single, "drop_single")):
             if not isinstance(value, bool):
                 raise TypeError(f"{label} must be True or False, got {value!r}")
         do_augment = augment and bool(self.dataset.augment)
-        return self._train_epoch(batch_size, generator, do_augment, drop_last)
+        return self._train_epoch(batch_size, generator, do_augment, drop_last, drop_single)
 
-    def _train_epoch(self, batch_size, generator, augment, drop_last):
+    def _train_epoch(self, batch_size, generator, augment, drop_last, drop_single=False):
         perm = torch.randperm(self.num_train, generator=generator).to(self.device)
-        stop = self.steps_per_epoch(batch_size, drop_last) * batch_size
+        stop = self.steps_per_epoch(batch_size, drop_last, drop_single) * batch_size
         for start in range(0, min(stop, self.num_train), batch_size):
             idx = perm[start:start + batch_size]
             x = self._prepare(self.train_x.index_select(0, idx), augment, generator)

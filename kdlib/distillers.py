@@ -11,12 +11,13 @@ use alpha = 1 (no CE term) for both KD and DIST.
 from __future__ import annotations
 
 from collections.abc import Callable
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
-from kdlib._validate import check_fraction, check_positive
-from kdlib.losses import FitNetHint, dist_loss, kd_loss
+from kdlib._validate import check_fraction, check_int, check_positive
+from kdlib.losses import FitNetHint, check_temperature, dist_loss, kd_loss
 
 LOSSES = ("kd", "dist", "fitnet")
 
@@ -31,13 +32,16 @@ class Distiller(torch.nn.Module):
 
     `needs_features`: the student/teacher outputs passed to `forward` are
     (logits, penultimate, stages) tuples instead of logits.
+    `options`: the keyword arguments (loss_kwargs) the method takes besides temperature and
+    alpha; `make_distiller` refuses any other.
     """
 
     needs_features = False
+    options: tuple[str, ...] = ()
 
     def __init__(self, temperature: float, alpha: float = 1.0):
         super().__init__()
-        self.temperature = check_positive(temperature, "temperature")
+        self.temperature = check_temperature(temperature)
         self.alpha = check_fraction(alpha, "alpha")
 
     def term(self, student, teacher) -> torch.Tensor:
@@ -61,10 +65,12 @@ class KD(Distiller):
 class DIST(Distiller):
     """DIST (Huang et al. 2022): inter- and intra-class Pearson relations at tau."""
 
+    options = ("beta", "gamma")
+
     def __init__(self, temperature: float, alpha: float = 1.0, beta: float = 1.0,
                  gamma: float = 1.0):
         super().__init__(temperature, alpha)
-        self.beta, self.gamma = beta, gamma
+        self.beta, self.gamma = (_check_weight(beta, "beta"), _check_weight(gamma, "gamma"))
 
     def term(self, student, teacher):
         return dist_loss(full_precision(student), full_precision(teacher), self.temperature,
@@ -76,16 +82,19 @@ class FitNet(Distiller):
 
     term = KD(tau) + hint_weight * MSE(regressor(student stage), teacher stage).
     The regressor's parameters belong to this module: optimize them with the student.
+    stage: index (>= 0) into the models' stage list; `kdlib.train.distill` checks it against
+    the number of stages of both models.
     """
 
     needs_features = True
+    options = ("hint_weight", "stage", "student_shape", "teacher_shape")
 
     def __init__(self, temperature: float, student_shape, teacher_shape, alpha: float = 1.0,
                  hint_weight: float = 100.0, stage: int = 1):
         super().__init__(temperature, alpha)
         self.hint = FitNetHint(student_shape, teacher_shape)
         self.hint_weight = check_positive(hint_weight, "hint_weight")
-        self.stage = stage
+        self.stage = check_int(stage, "stage", minimum=0)
 
     def term(self, student, teacher):
         s_logits, _, s_stages = student
@@ -97,7 +106,12 @@ class FitNet(Distiller):
 
 
 class CallableDistiller(Distiller):
-    """Wraps a user function fn(student_logits, teacher_logits, temperature) -> scalar."""
+    """Wraps a user function fn(student_logits, teacher_logits, temperature) -> scalar.
+
+    Every call checks (shape and dtype only, no value scan) that fn returned a 0-d
+    floating tensor; a vector (e.g. a per-sample loss not reduced with .mean()) is refused
+    at the first step with a TypeError/ValueError naming the function.
+    """
 
     def __init__(self, fn: Callable, temperature: float, alpha: float = 1.0):
         super().__init__(temperature, alpha)
@@ -106,20 +120,72 @@ class CallableDistiller(Distiller):
         self.fn = fn
 
     def term(self, student, teacher):
-        return self.fn(student, teacher, self.temperature)
+        value = self.fn(student, teacher, self.temperature)
+        name = getattr(self.fn, "__name__", "the loss function")
+        if not isinstance(value, torch.Tensor) or not torch.is_floating_point(value):
+            raise TypeError(f"loss function {name} must return a floating 0-d torch tensor "
+                            f"(a scalar that autograd can differentiate), got "
+                            f"{type(value).__name__}"
+                            + (f" of dtype {value.dtype}" if isinstance(value, torch.Tensor)
+                               else ""))
+        if value.dim() != 0:
+            raise ValueError(f"loss function {name} must return a scalar (0-d tensor), got "
+                             f"shape {tuple(value.shape)}; reduce it, e.g. with .mean()")
+        return value
+
+
+def _check_weight(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0 and value < float("inf")):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def _distiller_class(loss):
+    if callable(loss) and not isinstance(loss, str):
+        return CallableDistiller
+    classes = {"kd": KD, "dist": DIST, "fitnet": FitNet}
+    if not isinstance(loss, str) or loss not in classes:
+        raise ValueError(f"loss must be one of {list(LOSSES)} or a callable, got {loss!r}")
+    return classes[loss]
+
+
+def check_loss_kwargs(loss, kwargs, allowed: tuple[str, ...] | None = None) -> dict:
+    """`kwargs` as a dict if `loss` takes every key, else ValueError naming the allowed ones.
+
+    allowed: the accepted names (default: the distiller's `options`)."""
+    cls = _distiller_class(loss)  # refuses unknown losses, also without kwargs
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"loss_kwargs must be a dict or None, got {type(kwargs).__name__}")
+    if allowed is None:
+        allowed = cls.options
+    unknown = sorted(str(k) for k in kwargs if k not in allowed)
+    if unknown:
+        label = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        takes = f"takes only {list(allowed)}" if allowed else "takes no loss_kwargs"
+        raise ValueError(f"loss {label!r} {takes}; got unknown {unknown}")
+    return dict(kwargs)
 
 
 def make_distiller(loss, temperature: float, alpha: float = 1.0, **kwargs) -> Distiller:
     """Build the distiller for `loss` ("kd", "dist", "fitnet" or a callable).
 
-    FitNet needs `student_shape` and `teacher_shape` (per-sample stage shapes) in kwargs.
+    kwargs: the method's options only (KD and callables: none; DIST: beta, gamma; FitNet:
+    hint_weight, stage and the required `student_shape`, `teacher_shape`, per-sample stage
+    shapes); any other name is refused (ValueError naming the allowed ones).
     """
-    if callable(loss) and not isinstance(loss, str):
+    cls = _distiller_class(loss)
+    kwargs = check_loss_kwargs(loss, kwargs, cls.options)
+    if cls is CallableDistiller:
         return CallableDistiller(loss, temperature, alpha)
-    if loss == "kd":
-        return KD(temperature, alpha)
-    if loss == "dist":
-        return DIST(temperature, alpha, **kwargs)
-    if loss == "fitnet":
+    if cls is FitNet:
+        missing = [k for k in ("student_shape", "teacher_shape") if k not in kwargs]
+        if missing:
+            raise ValueError(f"fitnet needs {missing} (per-sample stage shapes); "
+                             f"kdlib.train.distill fills them in")
         return FitNet(temperature, alpha=alpha, **kwargs)
-    raise ValueError(f"loss must be one of {list(LOSSES)} or a callable, got {loss!r}")
+    return cls(temperature, alpha, **kwargs)

@@ -4,9 +4,15 @@ Conventions (see REFERENCE.md):
     logits are B x C floating tensors (B samples, C classes); temperatures are finite and > 0.
     Every loss returns a 0-d tensor, averaged over the batch.
 
-Validation checks shapes, dtypes and scalar arguments only; tensor values are never scanned
+Validation checks shapes, dtypes and scalar arguments only; logit values are never scanned
 (these functions run every training step). Wrong shapes or scalar values raise ValueError;
 a non-floating tensor dtype (e.g. integer logits) raises TypeError.
+
+Temperatures lie in [MIN_TEMPERATURE, MAX_TEMPERATURE] = [1e-3, 1e3]. In float32, z / tau then
+stays finite for any finite logit |z| < 3e35, and tau^2 cannot underflow or overflow the loss;
+below ~1e-38 (float32's smallest normal number) 1 / tau is inf and every output is NaN.
+16-bit logits (float16, bfloat16) are computed in float32 (float16 overflows at 65504, so
+z / tau would overflow for tau = 0.01 and |z| > 655): the loss is then a float32 tensor.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import math
 from collections.abc import Sequence
 from numbers import Real
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +38,8 @@ __all__ = [
 ]
 
 DIST_EPS = 1e-8  # added to the norm product in the Pearson correlation (official DIST code)
+MIN_TEMPERATURE = 1e-3  # smallest accepted tau (see the module docstring)
+MAX_TEMPERATURE = 1e3  # largest accepted tau: tau^2 = 1e6 still leaves the loss finite
 
 
 # ----------------------------------------------------------------------------- checks
@@ -41,6 +50,23 @@ def _check_floating(x, name: str) -> torch.Tensor:
             f"{name} must have a floating dtype (float16/32/64, bfloat16), got {x.dtype}"
         )
     return x
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """16-bit floats -> float32 (softmax and Pearson terms overflow or round to 0 in 16 bits)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def check_temperature(value, name: str = "temperature") -> float:
+    """A temperature tau in [MIN_TEMPERATURE, MAX_TEMPERATURE] = [1e-3, 1e3], as a float.
+
+    Smaller values make 1 / tau overflow (all-NaN losses), larger ones make tau^2 swamp the
+    loss; the paper's temperatures are 1 to 8."""
+    tau = check_positive(value, name)
+    if not (MIN_TEMPERATURE <= tau <= MAX_TEMPERATURE):
+        raise ValueError(f"{name} must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] "
+                         f"(1 / tau overflows float32 below that range), got {tau:g}")
+    return tau
 
 
 def _check_matrix(x, name: str) -> torch.Tensor:
@@ -80,10 +106,11 @@ def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
     temperature: tau, finite and > 0.
     Returns a 0-d tensor: the KL summed over the C classes, averaged over the B rows
     (not also divided by C), times tau^2. Gradients flow to both inputs; detach the teacher
-    yourself if it must not be trained.
+    yourself if it must not be trained. temperature must lie in [1e-3, 1e3].
     """
     s, t = _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
-    tau = check_positive(temperature, "temperature")
+    tau = check_temperature(temperature)
+    s, t = _at_least_float32(s), _at_least_float32(t)
     log_ps = F.log_softmax(s / tau, dim=1)
     log_pt = F.log_softmax(t / tau, dim=1)
     kl_rows = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
@@ -134,11 +161,12 @@ def dist_loss(
     """DIST (Huang et al. 2022): tau^2 * (beta * L_inter + gamma * L_intra).
 
     student_logits, teacher_logits: B x C floating tensors (same shape).
-    temperature: tau > 0, applied as softmax(z / tau) to both. beta, gamma: weights >= 0.
-    L_inter and L_intra are as in `dist_loss_from_probs`. Returns a 0-d tensor.
+    temperature: tau in [1e-3, 1e3], applied as softmax(z / tau) to both. beta, gamma:
+    weights >= 0. L_inter and L_intra are as in `dist_loss_from_probs`. Returns a 0-d tensor.
     """
     s, t = _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
-    tau = check_positive(temperature, "temperature")
+    tau = check_temperature(temperature)
+    s, t = _at_least_float32(s), _at_least_float32(t)
     beta = _check_nonnegative(beta, "beta")
     gamma = _check_nonnegative(gamma, "gamma")
     ps = F.softmax(s / tau, dim=1)
@@ -239,45 +267,90 @@ def _pearson_last(a: torch.Tensor, b: torch.Tensor, eps: float = DIST_EPS) -> to
     return (a_c * b_c).sum(dim=-1) / (a_c.norm(dim=-1) * b_c.norm(dim=-1) + eps)
 
 
+def _check_stacked_labels(labels, batch: int, classes: int, scan: bool) -> torch.Tensor:
+    y = as_tensor(labels, "labels")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices (int64), got {y.dtype}")
+    if tuple(y.shape) != (batch,):
+        raise ValueError(f"labels must be a vector of the batch's {batch} class indices, "
+                         f"got shape {tuple(y.shape)}")
+    if scan and batch:
+        lo, hi = (int(v) for v in torch.aminmax(y))
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"labels must lie in [0, {classes}) (C = {classes} classes), "
+                             f"got values in [{lo}, {hi}]")
+    return y.long()
+
+
+def _stacked_vector(values, name: str, k: int, device, dtype) -> torch.Tensor:
+    try:
+        v = torch.as_tensor(values, dtype=dtype, device=device).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be {k} numbers (a list or a tensor), got "
+                        f"{type(values).__name__}: {err}") from err
+    if len(v) != k:
+        raise ValueError(f"{name} needs one entry per student (K = {k}), got {len(v)}")
+    return v
+
+
 def stacked_kd_dist(student_logits, teacher_logits, temperatures, is_dist, alphas, labels,
-                    beta: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
+                    beta: float = 1.0, gamma: float = 1.0, *,
+                    check_values: bool = True) -> torch.Tensor:
     """The losses of K students at once (one stacked step), each KD or DIST at its own tau.
 
     student_logits: K x B x C; teacher_logits: B x C (shared) or K x B x C; temperatures,
-    alphas: K-vectors (tau > 0, alpha in [0, 1]); is_dist: K booleans (False = KD);
-    labels: B class indices. Returns the K-vector
+    alphas: K-vectors (tau in [1e-3, 1e3], alpha in [0, 1]); is_dist: K booleans (False =
+    KD); labels: B integer class indices in [0, C); beta, gamma: DIST weights >= 0.
+    Returns the K-vector
         alpha_k * term_k + (1 - alpha_k) * CE_k,
     where term_k is `kd_loss` or `dist_loss` at tau_k: the same values the per-student
-    functions give, computed in a handful of batched ops.
+    functions give, computed in a handful of batched ops (16-bit logits in float32).
+    check_values: scan the values of temperatures, alphas and labels (one host sync when they
+    live on a GPU); training engines that checked them once at entry pass False. Shapes and
+    dtypes are always checked.
     """
     s = _check_floating(student_logits, "student_logits")
-    if s.dim() != 3:
-        raise ValueError(f"student_logits must be K x B x C, got shape {tuple(s.shape)}")
+    if s.dim() != 3 or min(s.shape) < 1:
+        raise ValueError(f"student_logits must be K x B x C with K, B, C >= 1, got shape "
+                         f"{tuple(s.shape)}")
     t = _check_floating(teacher_logits, "teacher_logits")
     if t.dim() == 2:
-        t = t.unsqueeze(0).expand_as(s)
+        t = t.unsqueeze(0).expand_as(s) if t.shape == s.shape[1:] else t
     if t.shape != s.shape:
         raise ValueError(f"teacher_logits must be B x C or K x B x C matching the students "
                          f"{tuple(s.shape)}, got {tuple(teacher_logits.shape)}")
-    k = s.shape[0]
-    tau = torch.as_tensor(temperatures, dtype=s.dtype, device=s.device).reshape(-1)
-    alpha = torch.as_tensor(alphas, dtype=s.dtype, device=s.device).reshape(-1)
-    dist_mask = torch.as_tensor(is_dist, dtype=torch.bool, device=s.device).reshape(-1)
-    if not (len(tau) == len(alpha) == len(dist_mask) == k):
-        raise ValueError(f"temperatures, alphas and is_dist need {k} entries each")
-    if not bool((tau > 0).all()):
-        raise ValueError("temperatures must all be > 0")
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values must be True or False, got {check_values!r}")
+    beta = _check_nonnegative(beta, "beta")
+    gamma = _check_nonnegative(gamma, "gamma")
+    s, t = _at_least_float32(s), _at_least_float32(t)
+    k, batch, classes = s.shape
+    if isinstance(is_dist, torch.Tensor) and is_dist.dtype != torch.bool:
+        raise TypeError(f"is_dist must be K booleans (True = DIST, False = KD), got a "
+                        f"{is_dist.dtype} tensor")
+    if not isinstance(is_dist, torch.Tensor) and any(
+            not isinstance(v, (bool, np.bool_)) for v in np.asarray(is_dist, dtype=object).ravel()):
+        raise TypeError(f"is_dist must be K booleans (True = DIST, False = KD), got {is_dist!r}")
+    tau = _stacked_vector(temperatures, "temperatures", k, s.device, s.dtype)
+    alpha = _stacked_vector(alphas, "alphas", k, s.device, s.dtype)
+    dist_mask = _stacked_vector(is_dist, "is_dist", k, s.device, torch.bool)
+    y = _check_stacked_labels(labels, batch, classes, check_values)
+    if check_values:
+        for i, v in enumerate(tau.tolist()):
+            check_temperature(v, f"temperatures[{i}]")
+        for i, v in enumerate(alpha.tolist()):
+            if not (0.0 <= v <= 1.0):
+                raise ValueError(f"alphas[{i}] must be in [0, 1], got {v}")
     tau3 = tau.view(k, 1, 1)
     log_ps = F.log_softmax(s / tau3, dim=-1)
     log_pt = F.log_softmax(t / tau3, dim=-1)
     pt = log_pt.exp()
-    batch = s.shape[1]
     kd = (pt * (log_pt - log_ps)).sum(dim=(1, 2)) / batch
     ps = log_ps.exp()
     inter = 1.0 - _pearson_last(ps, pt).mean(dim=1)
     intra = 1.0 - _pearson_last(ps.transpose(1, 2), pt.transpose(1, 2)).mean(dim=1)
     dist = beta * inter + gamma * intra
     term = torch.where(dist_mask, dist, kd) * tau**2
-    ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), labels.repeat(k),
+    ce = F.cross_entropy(s.reshape(-1, classes), y.repeat(k),
                          reduction="none").view(k, -1).mean(dim=1)
     return alpha * term + (1.0 - alpha) * ce

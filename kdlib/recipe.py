@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from kdlib._validate import check_int, check_positive
+from kdlib._validate import check_int, check_positive, check_real
 
 SMALL_LR_ARCHS = ("mobilenetv2",)  # the literature trains these with lr 0.01
 
@@ -22,6 +22,10 @@ class Recipe:
     """SGD recipe: lr is multiplied by `gamma` at each epoch in `milestones`.
 
     checkpoint_every: save the model every that many epochs (0: only the final model).
+    Allowed: epochs, batch_size >= 1 (integers); lr finite > 0; milestones strictly
+    increasing integers in [1, epochs); gamma in (0, 1]; momentum in [0, 1); weight_decay
+    finite >= 0; checkpoint_every integer >= 0. Anything else raises TypeError/ValueError
+    naming the field.
     """
 
     epochs: int
@@ -34,16 +38,29 @@ class Recipe:
     checkpoint_every: int = 0
 
     def __post_init__(self):
-        check_int(self.epochs, "epochs", minimum=1)
-        check_int(self.batch_size, "batch_size", minimum=1)
-        check_positive(self.lr, "lr")
-        check_positive(self.gamma, "gamma")
-        check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
-        if not (0.0 <= float(self.momentum) < 1.0):
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if float(self.weight_decay) < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        milestones = tuple(check_int(m, "milestone", minimum=1) for m in self.milestones)
+        """Validate every field (its name, the allowed range) and store plain int/float."""
+        ints = {"epochs": 1, "batch_size": 1, "checkpoint_every": 0}
+        for field, minimum in ints.items():
+            object.__setattr__(self, field, check_int(getattr(self, field), f"Recipe.{field}",
+                                                      minimum=minimum))
+        object.__setattr__(self, "lr", check_positive(self.lr, "Recipe.lr"))
+        gamma = check_real(self.gamma, "Recipe.gamma", 0.0, 1.0)
+        if gamma == 0:
+            raise ValueError("Recipe.gamma must be in (0, 1] (the factor lr is multiplied by "
+                             "at each milestone), got 0")
+        momentum = check_real(self.momentum, "Recipe.momentum", 0.0, 1.0)
+        if momentum == 1.0:
+            raise ValueError("Recipe.momentum must be in [0, 1), got 1.0")
+        weight_decay = check_real(self.weight_decay, "Recipe.weight_decay", 0.0)
+        for field, value in (("gamma", gamma), ("momentum", momentum),
+                             ("weight_decay", weight_decay)):
+            object.__setattr__(self, field, value)
+        if isinstance(self.milestones, (str, bytes)) or not isinstance(
+                self.milestones, (tuple, list, range)):
+            raise TypeError(f"Recipe.milestones must be a tuple of epoch numbers, got "
+                            f"{type(self.milestones).__name__} ({self.milestones!r})")
+        milestones = tuple(check_int(m, f"Recipe.milestones[{i}]", minimum=1)
+                           for i, m in enumerate(self.milestones))
         if list(milestones) != sorted(set(milestones)):
             raise ValueError(f"milestones must be strictly increasing, got {milestones}")
         if milestones and milestones[-1] >= self.epochs:

@@ -23,18 +23,27 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from kdlib._validate import check_int, check_positive
+from kdlib._validate import check_fraction, check_int
 from kdlib.devices import autocast, resolve_device
 from kdlib.distillers import full_precision, make_distiller
-from kdlib.losses import stacked_kd_dist
+from kdlib.losses import check_temperature, stacked_kd_dist
 from kdlib.recipe import Recipe
 from kdlib.train import (
+    DivergenceGuard,
     as_device_data,
+    check_batches,
+    check_callback,
     check_classes,
+    check_module,
+    check_targets,
     classification_metrics,
     distillation_metrics,
+    has_batchnorm,
     predict_logits,
+    runtime_config,
 )
+
+SPEC_KEYS = ("loss", "temperature", "alpha")
 
 
 class StackedModels:
@@ -182,45 +191,95 @@ def _end_epoch(histories, stack, dd, device, recipe, epoch, tot, correct, seen, 
         h.append(row)
 
 
+def _check_common(recipe, seed, eval_every, progress):
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    return check_int(seed, "seed", minimum=0), check_int(eval_every, "eval_every", minimum=0)
+
+
+def _check_members(models, role: str) -> list:
+    models = list(models)
+    for i, m in enumerate(models):
+        check_module(m, f"{role}s[{i}]")
+    if len({id(m) for m in models}) != len(models):
+        raise ValueError(f"{role}s must be distinct module objects (one per member); the "
+                         f"same module appears more than once")
+    return models
+
+
+def _check_spec(i: int, spec) -> dict:
+    if not isinstance(spec, dict):
+        raise TypeError(f"specs[{i}] must be a dict with 'loss' and 'temperature', got "
+                        f"{type(spec).__name__}")
+    unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"specs[{i}] has unknown keys {unknown}; allowed: {list(SPEC_KEYS)}")
+    loss = spec.get("loss")
+    if loss == "fitnet":
+        raise ValueError("fitnet is not stackable (its regressor differs per student); "
+                         "use kdlib.train.distill")
+    if not (loss in ("kd", "dist") or (callable(loss) and not isinstance(loss, str))):
+        raise ValueError(f"specs[{i}]['loss'] must be 'kd', 'dist' or a callable, got {loss!r}")
+    return {"loss": loss,
+            "temperature": check_temperature(spec.get("temperature"),
+                                             f"specs[{i}]['temperature']"),
+            "alpha": check_fraction(spec.get("alpha", 1.0), f"specs[{i}]['alpha']")}
+
+
 def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int = 0,
                     device="auto", progress: bool = True, eval_every: int = 0,
                     step_callback=None, mode: str = "auto") -> list[dict]:
     """Distil one teacher into K students at once, all on the same batches.
 
-    specs: one dict per student with "loss" ("kd", "dist" or a callable), "temperature" > 0
-    and optionally "alpha" (default 1.0). seed: the shared batch order and augmentation.
+    specs: one dict per student with "loss" ("kd", "dist" or a callable), "temperature" in
+    [1e-3, 1e3] and optionally "alpha" in [0, 1] (default 1.0); no other keys.
+    seed: the shared batch order and augmentation.
     eval_every: test metrics every that many epochs in the history (0: only at the end).
     step_callback(step, losses): called with a K-vector of the members' losses per step.
     mode: "vmap" (torch.func stacking: grouped kernels, the fast path on a GPU), "loop" (the
     students' forward passes one after another: the fast path on a CPU, where grouped
     convolutions gain nothing) or "auto" (vmap on CUDA, loop otherwise). Both share the
     batches, the single teacher pass per batch and one optimizer step for all students.
+    The teacher's training mode and requires_grad flags are restored afterwards (also on
+    errors). A non-finite loss of any student raises kdlib.train.TrainingDiverged.
     Returns one record per student, in the format of `kdlib.train.distill`.
     """
     students = list(students)
-    specs = [dict(s) for s in specs]
+    specs = list(specs)
     if len(students) != len(specs) or not students:
         raise ValueError(f"need one spec per student, got {len(students)} students and "
                          f"{len(specs)} specs")
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
-    seed = check_int(seed, "seed", minimum=0)
-    eval_every = check_int(eval_every, "eval_every", minimum=0)
+    seed, eval_every = _check_common(recipe, seed, eval_every, progress)
+    students = _check_members(students, "student")
+    check_module(teacher, "teacher")
+    if any(s is teacher for s in students):
+        raise ValueError("a student is the teacher module itself; distil into separate models")
+    specs = [_check_spec(i, spec) for i, spec in enumerate(specs)]
+    check_callback(step_callback, "step_callback")
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
+    flags = [p.requires_grad for p in teacher.parameters()]
+    was_training = teacher.training
+    try:
+        return _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress,
+                                eval_every, step_callback, mode)
+    finally:
+        for p, flag in zip(teacher.parameters(), flags):
+            p.requires_grad_(flag)
+        teacher.train(was_training)
+
+
+def _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress, eval_every,
+                     step_callback, mode):
     teacher = teacher.to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     check_classes(teacher, dd, "teacher")
     for s in students:
         check_classes(s.to(dev), dd, "student")
-    distillers = []
-    for s in specs:
-        if s.get("loss") == "fitnet":
-            raise ValueError("fitnet is not stackable (its regressor differs per student); "
-                             "use kdlib.train.distill")
-        distillers.append(make_distiller(s.get("loss"), check_positive(
-            s.get("temperature"), "temperature"), s.get("alpha", 1.0)))
+    distillers = [make_distiller(s["loss"], s["temperature"], s["alpha"]) for s in specs]
 
     vectorized = all(isinstance(s.get("loss"), str) and s["loss"] in ("kd", "dist")
                      for s in specs)
@@ -233,13 +292,17 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
         if vectorized:  # all KD/DIST: a handful of batched ops instead of K small ones
             s32 = full_precision(s_logits)
             return stacked_kd_dist(s32, full_precision(t_logits), taus.to(s32.dtype), is_dist,
-                                   alphas.to(s32.dtype), y)
+                                   alphas.to(s32.dtype), y, check_values=False)
         return torch.stack([d(s_logits[i], t_logits, y) for i, d in enumerate(distillers)])
 
     stack = make_stack(students, mode, dev)
     opt, sched = _sgd(stack, recipe)
     gen = torch.Generator().manual_seed(seed)
     histories = [[] for _ in students]
+    drop_single = has_batchnorm(students[0])  # as kdlib.train.distill does for each alone
+    labels = [f"student {i} ({_loss_name(s['loss'])} at tau {s['temperature']:g})"
+              for i, s in enumerate(specs)]
+    guard = DivergenceGuard(dev, recipe, check_batches(dd, recipe, drop_single), labels)
     step = 0
     t0 = time.perf_counter()
     bar = tqdm(range(recipe.epochs), desc=f"{len(students)} stacked students",
@@ -249,12 +312,14 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
         tot = torch.zeros(stack.k, device=dev)
         correct = torch.zeros(stack.k, device=dev)
         seen = 0
-        for batch in dd.train_batches(recipe.batch_size, gen, augment=True):
+        for batch in dd.train_batches(recipe.batch_size, gen, augment=True,
+                                      drop_single=drop_single):
             with autocast(dev):
                 with torch.no_grad():
                     t_logits = teacher(batch.x)
                 s_logits = stack(batch.x)
                 losses = losses_of(s_logits, t_logits, batch.y)
+            guard.step(losses, step)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
@@ -265,6 +330,7 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
             if step_callback is not None:
                 step_callback(step, losses.detach().double().cpu())
             step += 1
+        guard.end_epoch()
         sched.step()
         _end_epoch(histories, stack, dd, dev, recipe, epoch, tot, correct, seen, eval_every)
         bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
@@ -280,17 +346,21 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
             m.load_state_dict(s.state_dict())
     records = []
     for i, s in enumerate(specs):
-        loss = s["loss"] if isinstance(s["loss"], str) else getattr(s["loss"], "__name__", "fn")
-        config = {"kind": "distill", "loss": loss, "temperature": float(s["temperature"]),
-                  "alpha": float(s.get("alpha", 1.0)), "recipe": recipe.to_dict(), "seed": seed,
+        config = {"kind": "distill", "loss": _loss_name(s["loss"]),
+                  "temperature": s["temperature"], "alpha": s["alpha"],
+                  "recipe": recipe.to_dict(), "seed": seed,
                   "device": dev.type, "student": type(students[0]).__name__,
                   "teacher": type(teacher).__name__, "data": dd.dataset.name,
-                  "stacked": stack.k}
+                  "stacked": stack.k, **runtime_config(dev)}
         records.append({"config": config, "history": histories[i],
                         "metrics": distillation_metrics(s_logits[i], t_logits, labels,
                                                         float(s["temperature"])),
                         "metrics_from": "last_epoch", "seconds": seconds / stack.k})
     return records
+
+
+def _loss_name(loss) -> str:
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", "fn")
 
 
 def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="auto",
@@ -305,33 +375,32 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
     from kdlib.losses import soft_cross_entropy
 
     models = list(models)
-    seeds = [check_int(s, "seed", minimum=0) for s in seeds]
+    seeds = [check_int(s, f"seeds[{i}]", minimum=0) for i, s in enumerate(seeds)]
     if len(models) != len(seeds) or not models:
         raise ValueError(f"need one seed per model, got {len(models)} models and "
                          f"{len(seeds)} seeds")
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    _, eval_every = _check_common(recipe, 0, eval_every, progress)
+    models = _check_members(models, "model")
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
-    for m in models:
-        check_classes(m.to(dev), dd, "model")
     k = len(models)
     if targets is not None:
         if not isinstance(targets, (list, tuple)):
             targets = [targets] * k
         if len(targets) != k:
             raise ValueError(f"targets: need one tensor per model ({k}), got {len(targets)}")
-        targets = [torch.as_tensor(t, dtype=torch.float32) for t in targets]
-        for t in targets:
-            if tuple(t.shape) != (dd.num_train, dd.num_classes):
-                raise ValueError(f"targets must be N_train x C = ({dd.num_train}, "
-                                 f"{dd.num_classes}), got {tuple(t.shape)}")
-        targets = torch.stack(targets).to(dev)  # K x N x C
+        targets = torch.stack([check_targets(t, dd) for t in targets]).to(dev)  # K x N x C
+    for m in models:
+        check_classes(m.to(dev), dd, "model")
 
     stack = StackedModels(models).to(dev)
     opt, sched = _sgd(stack, recipe)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     histories = [[] for _ in models]
+    drop_single = has_batchnorm(models[0])
+    guard = DivergenceGuard(dev, recipe, check_batches(dd, recipe, drop_single),
+                            [f"run {i} (seed {s})" for i, s in enumerate(seeds)])
+    step = 0
     t0 = time.perf_counter()
     bar = tqdm(range(recipe.epochs), desc=f"{k} stacked runs", disable=not progress, leave=False)
     for epoch in bar:
@@ -339,7 +408,8 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
         tot = torch.zeros(k, device=dev)
         correct = torch.zeros(k, device=dev)
         seen = 0
-        iters = [dd.train_batches(recipe.batch_size, g, augment=True) for g in gens]
+        iters = [dd.train_batches(recipe.batch_size, g, augment=True, drop_single=drop_single)
+                 for g in gens]
         for batches in zip(*iters):
             x = torch.stack([b.x for b in batches])
             y = torch.stack([b.y for b in batches])
@@ -353,6 +423,8 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
                     q = torch.gather(targets, 1, idx.unsqueeze(-1).expand(-1, -1,
                                                                            targets.shape[-1]))
                     losses = torch.stack([soft_cross_entropy(logits[i], q[i]) for i in range(k)])
+            guard.step(losses, step)
+            step += 1
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
@@ -360,6 +432,7 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
             tot += losses.detach() * n
             correct += (logits.detach().argmax(-1) == y).sum(1)
             seen += n
+        guard.end_epoch()
         sched.step()
         _end_epoch(histories, stack, dd, dev, recipe, epoch, tot, correct, seen, eval_every)
         bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
@@ -373,7 +446,7 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
         config = {"kind": "train", "recipe": recipe.to_dict(), "seed": seeds[i],
                   "targets": "labels" if targets is None else "soft", "device": dev.type,
                   "model": type(models[0]).__name__, "data": dd.dataset.name,
-                  "stacked": k}
+                  "stacked": k, **runtime_config(dev)}
         records.append({"config": config, "history": histories[i],
                         "metrics": classification_metrics(logits[i], dd.test_y.cpu()),
                         "metrics_from": "last_epoch", "seconds": seconds / k})

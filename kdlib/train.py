@@ -10,11 +10,22 @@ history, final metrics) that pickles, JSON-encodes and goes into a sweep store.
 
 Final metrics are from the LAST epoch (record["metrics_from"] == "last_epoch"): the
 engine never selects an epoch on the test set.
+
+Inputs are checked once, at entry: data (via DeviceData), targets and teacher_logits must
+be finite, the models' weights finite, loss_kwargs known to the loss. A run whose training
+loss becomes NaN/inf stops with `TrainingDiverged` (see `DivergenceGuard`). Models with
+BatchNorm layers skip a final training batch of one sample (DeviceData.train_batches,
+drop_single). Every record's config holds torch_version, torch_threads and device_name:
+a run is bit-identical only for the same seed, thread count, device and torch version.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,17 +33,152 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kdlib import calibration, fidelity
-from kdlib._validate import check_int, check_positive
+from kdlib._validate import as_tensor, check_finite_tensor, check_fraction, check_int
 from kdlib.batches import DeviceData
-from kdlib.checkpoint import load_checkpoint, save_atomic
+from kdlib.checkpoint import CorruptCheckpointError, load_checkpoint, move_aside, save_atomic
 from kdlib.devices import autocast, prepare_model, resolve_device
-from kdlib.distillers import Distiller, full_precision, make_distiller
+from kdlib.distillers import Distiller, check_loss_kwargs, full_precision, make_distiller
+from kdlib.losses import check_temperature
 from kdlib.recipe import Recipe
 
 ECE_BINS = 15
+# config keys that describe where a run ran, not what it is: a resume may differ in them
+RUNTIME_KEYS = ("torch_version", "torch_threads", "device_name")
+STATE_KEYS = ("model", "extra", "optimizer", "scheduler", "generator", "history", "config")
+# loss_kwargs a user may pass to distill() (FitNet's stage shapes are measured from the models)
+USER_LOSS_KWARGS = {"kd": (), "dist": ("beta", "gamma"), "fitnet": ("hint_weight", "stage")}
+
+
+# ---------------------------------------------------------------- divergence
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or inf (inputs were checked finite at entry)."""
+
+
+class DivergenceGuard:
+    """Stops a run at the step whose training loss is NaN/inf, naming epoch, step and loss.
+
+    guard = DivergenceGuard(device, recipe, steps_per_epoch[, members])
+    guard.step(loss, step)    # every step; loss: 0-d tensor or a K-vector (stacked members)
+    guard.end_epoch()         # once per epoch, before the epoch's checkpoint is written
+
+    CPU (deferred=False): each step's loss is tested at once (a CPU tensor: no device sync,
+    about a microsecond); the error comes before that step's backward pass, so the model
+    keeps the last finite weights. Other devices (deferred=True, the default off the CPU):
+    to avoid one host sync per step, the first non-finite step and its loss are recorded on
+    the device (three tiny kernels, no sync) and read once per epoch in end_epoch(); the
+    error still names the exact step, but comes at the end of its epoch (the weights are
+    then non-finite) and before that epoch's state.pt is written, so a resume restarts from
+    the last good epoch. `step` is the 0-based global step index, as passed to on_step.
+    """
+
+    def __init__(self, device: torch.device, recipe: Recipe, steps_per_epoch: int,
+                 members: list[str] | None = None, deferred: bool | None = None):
+        self.lr = recipe.lr
+        self.epochs = recipe.epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.members = members
+        self.deferred = torch.device(device).type != "cpu" if deferred is None else deferred
+        self._bad_step = self._bad_loss = None
+
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach()
+        if not self.deferred:
+            if not bool(torch.isfinite(loss).all()):
+                self._raise(step, loss)
+            return
+        bad = ~torch.isfinite(loss).all()
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros_like(loss, dtype=torch.float32)
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, step, self._bad_step)
+        self._bad_loss = torch.where(first, loss.float(), self._bad_loss)
+
+    def end_epoch(self) -> None:
+        if self.deferred and self._bad_step is not None:
+            step = int(self._bad_step)  # the one host sync of the epoch
+            if step >= 0:
+                self._raise(step, self._bad_loss.cpu())
+
+    def _raise(self, step: int, loss: torch.Tensor) -> None:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        values = loss.reshape(-1).tolist()
+        if self.members is None:
+            what = f"the training loss is {values[0]}"
+        else:
+            bad = [f"{self.members[i]}: {v}" for i, v in enumerate(values)
+                   if not math.isfinite(v)]
+            what = f"the training loss of {len(bad)} of {len(values)} members is non-finite " \
+                   f"({'; '.join(bad)})"
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1} of {self.epochs}, step {within + 1} of "
+            f"{self.steps_per_epoch} in that epoch (global step {step}): {what}. The inputs "
+            f"were checked finite at the start, so the likely cause is a learning rate too "
+            f"high for this model and loss (recipe.lr = {self.lr:g}): lower it, e.g. "
+            f"Recipe.replace(lr={self.lr / 10:g})")
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def runtime_config(device: torch.device) -> dict:
+    """What a CPU/GPU result depends on beyond the run's own settings: the torch version,
+    torch's intra-op thread count (float sums are split over threads: 1 and 2 threads differ
+    in the last bits) and the device's name. Bit-identical results need all three equal."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"torch_version": str(torch.__version__), "torch_threads": torch.get_num_threads(),
+            "device_name": name}
+
+
+def has_batchnorm(*modules) -> bool:
+    """True if any of the modules holds a BatchNorm layer (which cannot train on 1 sample)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for module in modules for m in module.modules())
+
+
+def check_module(model, role: str) -> torch.nn.Module:
+    """A torch.nn.Module whose parameters and buffers are all finite."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{role} must be a torch.nn.Module, got {type(model).__name__}")
+    with torch.no_grad():
+        for kind, items in (("parameter", model.named_parameters()),
+                            ("buffer", model.named_buffers())):
+            for n, t in items:
+                if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{role} {kind} {n!r} holds NaN/inf values; the "
+                                     f"{role} must have finite weights")
+    return model
+
+
+def check_checkpoint_dir(checkpoint_dir):
+    """None, or a path (str / os.PathLike) that is a folder or does not exist yet."""
+    if checkpoint_dir is None:
+        return None
+    if not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_dir must be a folder path (str or pathlib.Path) or None, "
+                        f"got {type(checkpoint_dir).__name__}")
+    path = Path(checkpoint_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"checkpoint_dir {path} exists and is not a folder; give a folder "
+                         f"path (it is created if missing)")
+    return path
+
+
+def check_callback(fn, name: str):
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{name} must be a callable or None, got {type(fn).__name__}")
+    return fn
+
+
+def check_batches(dd: DeviceData, recipe: Recipe, drop_single: bool) -> int:
+    """Steps per epoch; refuses a training split that yields no batch at all."""
+    steps = dd.steps_per_epoch(recipe.batch_size, drop_single=drop_single)
+    if steps == 0:
+        raise ValueError(f"the training split has {dd.num_train} sample(s): a model with "
+                         f"BatchNorm needs batches of at least 2")
+    return steps
 
 
 def as_device_data(data, device: torch.device) -> DeviceData:
@@ -120,41 +266,97 @@ def make_model(arch: str, data, seed: int = 0, **kwargs) -> torch.nn.Module:
 # ---------------------------------------------------------------- the loop
 
 
+def _run_settings(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+
+
+def _optimizer(modules, recipe: Recipe):
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
+
+
+def _resume(state_path: Path, modules, recipe, seed, config):
+    """(opt, sched, gen, history) from state.pt, or fresh ones (None history) if there is
+    none. An unreadable or incomplete state.pt is moved aside with a warning (start over);
+    one written for other settings raises ValueError."""
+    opt, sched = _optimizer(modules, recipe)
+    gen = torch.Generator().manual_seed(seed)
+    if not state_path.exists():
+        return opt, sched, gen, None
+    try:
+        state = load_checkpoint(state_path)
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise CorruptCheckpointError(f"{state_path} lacks {missing}")
+    except CorruptCheckpointError as err:
+        _start_over(state_path, err)
+        return opt, sched, gen, None
+    stored = state["config"]
+    if not isinstance(stored, dict) or _run_settings(stored) != _run_settings(config):
+        raise ValueError(
+            f"{state_path} holds a run with a different configuration; use a fresh "
+            f"checkpoint_dir or delete it"
+        )
+    changed = {k: (stored.get(k), config[k]) for k in RUNTIME_KEYS
+               if stored.get(k) != config[k]}
+    if changed:
+        warnings.warn(f"resuming {state_path} with other runtime settings {changed} "
+                      f"(stored, now): the result will not be bit-identical to an "
+                      f"uninterrupted run", stacklevel=3)
+    backup = [copy.deepcopy(m.state_dict()) for m in modules]
+    try:
+        if len(state["extra"]) != len(modules) - 1:
+            raise ValueError(f"{len(state['extra'])} extra module states for "
+                             f"{len(modules) - 1} modules")
+        for m, sd in zip(modules, [state["model"], *state["extra"]]):
+            m.load_state_dict(sd)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        history = list(state["history"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+        for m, sd in zip(modules, backup):
+            m.load_state_dict(sd)
+        _start_over(state_path, err)
+        opt, sched = _optimizer(modules, recipe)
+        return opt, sched, torch.Generator().manual_seed(seed), None
+    return opt, sched, gen, history
+
+
+def _start_over(state_path: Path, err: Exception) -> None:
+    moved = move_aside(state_path)
+    warnings.warn(f"checkpoint {state_path} is unusable ({err}); moved aside to {moved}; "
+                  f"training starts over from epoch 1", stacklevel=4)
+
+
 def _fit(model, dd, recipe, step_loss, *, extra_modules=(), device, seed, checkpoint_dir,
          progress, config, desc, eval_every=1, on_step=None):
     """Shared SGD loop. step_loss(batch) -> (loss, logits). Returns (history, seconds).
 
     eval_every: test metrics in the history every that many epochs (0: never).
     on_step(step, loss): called after every optimizer step with the loss as a float.
+    A non-finite loss raises TrainingDiverged (DivergenceGuard); models with BatchNorm skip a
+    final training batch of one sample.
     """
-    params = list(model.parameters())
-    for m in extra_modules:
-        params += list(m.parameters())
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
-    gen = torch.Generator().manual_seed(seed)
+    modules = [model, *extra_modules]
+    drop_single = has_batchnorm(*modules)
+    steps_per_epoch = check_batches(dd, recipe, drop_single)
     history: list[dict] = []
     start_epoch = 0
     state_path = Path(checkpoint_dir) / "state.pt" if checkpoint_dir else None
+    if state_path is not None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        opt, sched, gen, resumed = _resume(state_path, modules, recipe, seed, config)
+        if resumed is not None:
+            history, start_epoch = resumed, len(resumed)
+    else:
+        opt, sched = _optimizer(modules, recipe)
+        gen = torch.Generator().manual_seed(seed)
+    guard = DivergenceGuard(device, recipe, steps_per_epoch)
 
-    if state_path is not None and state_path.exists():
-        state = load_checkpoint(state_path)
-        if state.get("config") != config:
-            raise ValueError(
-                f"{state_path} holds a run with a different configuration; use a fresh "
-                f"checkpoint_dir or delete it"
-            )
-        model.load_state_dict(state["model"])
-        for m, sd in zip(extra_modules, state["extra"]):
-            m.load_state_dict(sd)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        history = list(state["history"])
-        start_epoch = len(history)
-
-    step = start_epoch * dd.steps_per_epoch(recipe.batch_size)
+    step = start_epoch * steps_per_epoch
     t0 = time.perf_counter()
     bar = tqdm(range(start_epoch, recipe.epochs), desc=desc, disable=not progress,
                initial=start_epoch, total=recipe.epochs, leave=False)
@@ -165,9 +367,11 @@ def _fit(model, dd, recipe, step_loss, *, extra_modules=(), device, seed, checkp
         tot_loss = torch.zeros((), device=device)
         tot_correct = torch.zeros((), device=device)
         seen = 0
-        for batch in dd.train_batches(recipe.batch_size, gen, augment=True):
+        for batch in dd.train_batches(recipe.batch_size, gen, augment=True,
+                                      drop_single=drop_single):
             with autocast(device):
                 loss, logits = step_loss(batch)
+            guard.step(loss, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -178,6 +382,7 @@ def _fit(model, dd, recipe, step_loss, *, extra_modules=(), device, seed, checkp
             if on_step is not None:
                 on_step(step, float(loss.detach()))
             step += 1
+        guard.end_epoch()
         sched.step()
         test = evaluate(model, dd, device) if eval_every and (epoch + 1) % eval_every == 0 else {}
         row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
@@ -198,11 +403,41 @@ def _fit(model, dd, recipe, step_loss, *, extra_modules=(), device, seed, checkp
     return history, time.perf_counter() - t0
 
 
-def _common_checks(recipe, seed):
+def _common_checks(recipe, seed, *, progress=True, name=None, eval_every=1, on_step=None,
+                   checkpoint_dir=None):
+    """Validate the arguments train() and distill() share; returns (seed, eval_every,
+    checkpoint_dir as a Path or None)."""
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a kdlib.recipe.Recipe (e.g. Recipe.preset('default')), "
                         f"got {type(recipe).__name__}")
-    return check_int(seed, "seed", minimum=0)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string or None, got {type(name).__name__}")
+    check_callback(on_step, "on_step")
+    return (check_int(seed, "seed", minimum=0), check_int(eval_every, "eval_every", 0),
+            check_checkpoint_dir(checkpoint_dir))
+
+
+def check_targets(targets, dd: DeviceData) -> torch.Tensor:
+    """N_train x C finite probabilities (>= 0, rows summing to 1 within 1e-3), float32."""
+    targets = as_tensor(targets, "targets")
+    if not torch.is_floating_point(targets):
+        raise TypeError(f"targets must be floating point class probabilities, got "
+                        f"{targets.dtype}")
+    targets = targets.detach().to(torch.float32)
+    if tuple(targets.shape) != (dd.num_train, dd.num_classes):
+        raise ValueError(f"targets must be N_train x C = ({dd.num_train}, {dd.num_classes}), "
+                         f"got {tuple(targets.shape)}")
+    check_finite_tensor(targets, "targets")
+    if bool((targets < 0).any()):
+        raise ValueError(f"targets must be probabilities >= 0, got a minimum of "
+                         f"{float(targets.min()):g}")
+    err = float((targets.sum(1) - 1).abs().max()) if len(targets) else 0.0
+    if err > 1e-3:
+        raise ValueError(f"targets rows must sum to 1 (class probabilities), got a row "
+                         f"{err:.3g} away from 1")
+    return targets
 
 
 def train(model, data, recipe: Recipe, *, targets=None, device="auto", seed: int = 0,
@@ -211,23 +446,26 @@ def train(model, data, recipe: Recipe, *, targets=None, device="auto", seed: int
     """Train `model` with cross-entropy on the labels, or on soft `targets`.
 
     targets: optional N_train x C probabilities (e.g. a GMM's exact posterior); the loss is
-    then the soft cross-entropy. seed: batch order and augmentation. checkpoint_dir: write a
-    resumable state every epoch and `epoch_XXXX.pt` every recipe.checkpoint_every epochs;
-    rerunning with the same directory resumes. eval_every: test metrics in the history every
-    that many epochs (0: only at the end). on_step(step, loss): per-step callback.
+    then the soft cross-entropy. seed: batch order and augmentation. checkpoint_dir: a folder
+    (created if missing): write a resumable state every epoch and `epoch_XXXX.pt` every
+    recipe.checkpoint_every epochs; rerunning with the same folder resumes (an unreadable
+    state.pt is moved aside with a warning and the run starts over). eval_every: test
+    metrics in the history every that many epochs (0: only at the end). on_step(step, loss):
+    per-step callback. Raises TrainingDiverged if the loss becomes NaN/inf.
     """
     from kdlib.losses import soft_cross_entropy
 
-    seed = _common_checks(recipe, seed)
+    seed, eval_every, checkpoint_dir = _common_checks(
+        recipe, seed, progress=progress, name=name, eval_every=eval_every, on_step=on_step,
+        checkpoint_dir=checkpoint_dir)
+    check_module(model, "model")
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
+    if targets is not None:
+        targets = check_targets(targets, dd)
     model = prepare_model(model, dev)
     check_classes(model, dd, "model")
     if targets is not None:
-        targets = torch.as_tensor(targets, dtype=torch.float32)
-        if tuple(targets.shape) != (dd.num_train, dd.num_classes):
-            raise ValueError(f"targets must be N_train x C = ({dd.num_train}, {dd.num_classes}), "
-                             f"got {tuple(targets.shape)}")
         targets = targets.to(dev)
 
     def step_loss(batch):
@@ -238,15 +476,53 @@ def train(model, data, recipe: Recipe, *, targets=None, device="auto", seed: int
 
     config = {"kind": "train", "name": name, "recipe": recipe.to_dict(), "seed": seed,
               "targets": "labels" if targets is None else "soft", "device": dev.type,
-              "model": type(model).__name__, "data": dd.dataset.name}
+              "model": type(model).__name__, "data": dd.dataset.name, **runtime_config(dev)}
     history, seconds = _fit(model, dd, recipe, step_loss, device=dev, seed=seed,
                             checkpoint_dir=checkpoint_dir, progress=progress, config=config,
-                            desc=name or "train", eval_every=check_int(eval_every, "eval_every", 0),
-                            on_step=on_step)
+                            desc=name or "train", eval_every=eval_every, on_step=on_step)
     logits = predict_logits(model, dd, dev)
     metrics = classification_metrics(logits, dd.test_y.cpu())
     return {"config": config, "history": history, "metrics": metrics,
             "metrics_from": "last_epoch", "seconds": seconds}
+
+
+def _check_distinct(student, teacher) -> None:
+    if student is teacher:
+        raise ValueError("student and teacher are the same module object; distil into a "
+                         "separate model (e.g. make_model(...) or copy.deepcopy(teacher))")
+    shared = {id(p) for p in student.parameters()} & {id(p) for p in teacher.parameters()}
+    if shared:
+        raise ValueError(f"student and teacher share {len(shared)} parameter tensor(s); "
+                         f"the student must have its own weights")
+
+
+def _check_teacher_logits(teacher_logits, dd: DeviceData) -> torch.Tensor:
+    t = as_tensor(teacher_logits, "teacher_logits")
+    if not torch.is_floating_point(t):
+        raise TypeError(f"teacher_logits must be floating point, got {t.dtype}")
+    if tuple(t.shape) != (dd.num_test, dd.num_classes):
+        raise ValueError(f"teacher_logits must be the teacher's test logits, N_test x C = "
+                         f"({dd.num_test}, {dd.num_classes}), got {tuple(t.shape)}")
+    return check_finite_tensor(t.detach().float().cpu(), "teacher_logits")
+
+
+def _fitnet_kwargs(loss_kwargs: dict, student, teacher, dd: DeviceData) -> dict:
+    """loss_kwargs plus the per-sample shapes of the hinted stage, checked against the
+    number of stages of both models (measured on a probe batch of 2 test images)."""
+    x = next(iter(dd.test_batches(2))).x
+    was_training = student.training
+    with torch.no_grad():
+        s_stages = student.eval()(x, return_features=True)[2]
+        t_stages = teacher(x, return_features=True)[2]
+    student.train(was_training)
+    n = min(len(s_stages), len(t_stages))
+    stage = loss_kwargs.get("stage", 1)
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < n:
+        raise ValueError(f"loss_kwargs['stage'] must be an integer in [0, {n - 1}] (the "
+                         f"student has {len(s_stages)} stages, the teacher {len(t_stages)}), "
+                         f"got {stage!r}")
+    return {**loss_kwargs, "student_shape": tuple(s_stages[stage].shape[1:]),
+            "teacher_shape": tuple(t_stages[stage].shape[1:])}
 
 
 def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
@@ -255,34 +531,57 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
             teacher_logits: torch.Tensor | None = None, eval_every: int = 1,
             on_step=None) -> dict:
     """Distil `teacher` into `student` with `loss` ("kd", "dist", "fitnet" or a callable
-    fn(student_logits, teacher_logits, temperature) -> scalar) at `temperature` > 0.
+    fn(student_logits, teacher_logits, temperature) -> 0-d tensor) at `temperature` in
+    [1e-3, 1e3].
 
     alpha in [0, 1] weights the distillation term against cross-entropy (paper eq. 2);
-    alpha = 1 (no CE) as in the paper's experiments. The teacher stays in eval mode and runs
-    once per batch on the same augmented images as the student. teacher_logits: the
-    teacher's test logits if already computed (saves one pass).
-    Record metrics: student accuracy/ECE/NLL, agreement and mean KL(teacher || student)
-    at T = 1 on the test set, the teacher's accuracy and its ECE at `temperature`.
+    alpha = 1 (no CE) as in the paper's experiments. The teacher runs in eval mode, without
+    gradients, once per batch on the same augmented images as the student; its training
+    mode and requires_grad flags are restored afterwards (also on errors). student and
+    teacher must be distinct modules. loss_kwargs: "dist" takes beta, gamma; "fitnet" takes
+    hint_weight and stage (0 .. number of stages - 1); "kd" and callables take none.
+    teacher_logits: the teacher's N_test x C test logits if already computed (saves one
+    pass). Record metrics: student accuracy/ECE/NLL, agreement and mean KL(teacher ||
+    student) at T = 1 on the test set, the teacher's accuracy and its ECE at `temperature`.
+    Raises TrainingDiverged if the loss becomes NaN/inf.
     """
-    seed = _common_checks(recipe, seed)
-    temperature = check_positive(temperature, "temperature")
+    seed, eval_every, checkpoint_dir = _common_checks(
+        recipe, seed, progress=progress, name=name, eval_every=eval_every, on_step=on_step,
+        checkpoint_dir=checkpoint_dir)
+    temperature = check_temperature(temperature)
+    alpha = check_fraction(alpha, "alpha")
+    check_module(student, "student")
+    check_module(teacher, "teacher")
+    _check_distinct(student, teacher)
+    loss_kwargs = check_loss_kwargs(loss, loss_kwargs, USER_LOSS_KWARGS.get(loss, ())
+                                    if isinstance(loss, str) else ())
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
+    if teacher_logits is not None:
+        teacher_logits = _check_teacher_logits(teacher_logits, dd)
+    flags = [p.requires_grad for p in teacher.parameters()]
+    was_training = teacher.training
+    try:
+        return _distill(student, teacher, dd, loss, temperature, recipe, alpha, dev, seed,
+                        checkpoint_dir, progress, name, loss_kwargs, teacher_logits,
+                        eval_every, on_step)
+    finally:
+        for p, flag in zip(teacher.parameters(), flags):
+            p.requires_grad_(flag)
+        teacher.train(was_training)
+
+
+def _distill(student, teacher, dd, loss, temperature, recipe, alpha, dev, seed,
+             checkpoint_dir, progress, name, loss_kwargs, teacher_logits, eval_every,
+             on_step) -> dict:
     student = prepare_model(student, dev)
     teacher = prepare_model(teacher, dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     check_classes(student, dd, "student")
     check_classes(teacher, dd, "teacher")
-    loss_kwargs = dict(loss_kwargs or {})
     if loss == "fitnet":
-        stage = loss_kwargs.get("stage", 1)
-        x = next(iter(dd.test_batches(2))).x
-        with torch.no_grad():
-            s_stages = student.eval()(x, return_features=True)[2]
-            t_stages = teacher(x, return_features=True)[2]
-        loss_kwargs.setdefault("student_shape", tuple(s_stages[stage].shape[1:]))
-        loss_kwargs.setdefault("teacher_shape", tuple(t_stages[stage].shape[1:]))
+        loss_kwargs = _fitnet_kwargs(loss_kwargs, student, teacher, dd)
     distiller: Distiller = make_distiller(loss, temperature, alpha, **loss_kwargs).to(dev)
     feats = distiller.needs_features
 
@@ -299,15 +598,14 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
               "student": type(student).__name__, "teacher": type(teacher).__name__,
               "data": dd.dataset.name,
               "loss_kwargs": {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in loss_kwargs.items()}}
+                              for k, v in loss_kwargs.items()}, **runtime_config(dev)}
     history, seconds = _fit(student, dd, recipe, step_loss, extra_modules=[distiller],
                             device=dev, seed=seed, checkpoint_dir=checkpoint_dir,
                             progress=progress, config=config,
                             desc=name or f"{loss_name}@{temperature:g}",
-                            eval_every=check_int(eval_every, "eval_every", 0), on_step=on_step)
+                            eval_every=eval_every, on_step=on_step)
     s_logits = predict_logits(student, dd, dev)
-    t_logits = (predict_logits(teacher, dd, dev) if teacher_logits is None
-                else torch.as_tensor(teacher_logits).float().cpu())
+    t_logits = predict_logits(teacher, dd, dev) if teacher_logits is None else teacher_logits
     metrics = distillation_metrics(s_logits, t_logits, dd.test_y.cpu(), temperature)
     return {"config": config, "history": history, "metrics": metrics,
             "metrics_from": "last_epoch", "seconds": seconds}
