@@ -53,6 +53,37 @@ def test_one_epoch_visits_every_index_once():
     assert len(set(torch.cat([b.idx for b in dropped]).tolist())) == 20
 
 
+def test_drop_single_drops_only_a_last_batch_of_one_sample():
+    data = DeviceData(image_dataset(n_train=11))
+    sizes = [len(b.y) for b in data.train_batches(5, torch.Generator().manual_seed(0),
+                                                  drop_single=True)]
+    assert sizes == [5, 5] and data.steps_per_epoch(5, drop_single=True) == 2
+    # the kept batches are those of the full epoch, and nothing is drawn for the dropped one
+    g_full, g_drop = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    full = list(data.train_batches(5, g_full))
+    kept = list(data.train_batches(5, g_drop, drop_single=True))
+    assert [len(b.y) for b in full] == [5, 5, 1]
+    for a, b in zip(full, kept):
+        assert torch.equal(a.idx, b.idx) and torch.equal(a.x, b.x)
+    # other remainders (and batch_size 1) are unaffected
+    assert data.steps_per_epoch(4, drop_single=True) == 3
+    assert data.steps_per_epoch(1, drop_single=True) == 11
+    with pytest.raises(TypeError, match="drop_single must be True or False"):
+        data.train_batches(5, torch.Generator(), drop_single=1)
+
+
+def test_non_finite_inputs_and_bad_labels_are_refused_at_construction():
+    ds = image_dataset(n_train=6)
+    vec = Dataset(name="v", train_x=torch.zeros(4, 2), train_y=torch.tensor([0, 1, 0, 1]),
+                  test_x=torch.zeros(2, 2), test_y=torch.tensor([0, 1]), classes=["a", "b"])
+    vec.test_x[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"data.test_x must hold finite values.*\(1, 0\)"):
+        DeviceData(vec)
+    ds.train_y[2] = 7  # mutated after the Dataset checked it
+    with pytest.raises(ValueError, match=r"data.train_y must lie in \[0, 3\), got \[0, 7\]"):
+        DeviceData(ds)
+
+
 def test_same_generator_seed_gives_identical_batches():
     data = DeviceData(image_dataset(n_train=17))
 
