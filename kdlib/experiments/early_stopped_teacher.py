@@ -441,3 +441,57 @@ def claims_summary(ours4: pd.DataFrame, ours5: pd.DataFrame) -> pd.DataFrame:
     ]
     return pd.DataFrame([{"claim": c, "paper": count(p, col), "ours": count(o, col)}
                          for c, p, o, col in rows])
+
+
+def _paper_count(frame: pd.DataFrame, col: str) -> str:
+    return f"{int(frame[col].sum())}/{len(frame)} rows"
+
+
+def claims(students: pd.DataFrame, eskd_taus, few_taus) -> pd.DataFrame:
+    """The paper's ESKD and few-trained claims as a kdlib.claims table (points / percent).
+
+    Per tau, paired over student seeds (t-interval, n = seeds): the earliest chosen
+    checkpoint's student minus the final teacher's (claimed > 0, Table 4) and the
+    few-trained teacher's student minus the full one's (claimed > 0, Tables 5, 8). The
+    teacher-side claims (early / few-trained teacher has the lower ECE at tau) compare one
+    teacher per training, so their interval is the range over the taus of the ECE
+    difference and n is the number of taus: they hold when the difference has the
+    claimed sign at every tau (and there are at least 3).
+    students: students_frame.
+    """
+    from kdlib import claims as cl
+    from kdlib.paper import paper_table
+
+    _require(students, ["teacher", "student", "training", "final", "teacher_epoch",
+                        "temperature", "seed", "student_accuracy", "teacher_ece_at_tau"])
+    p4, p5 = eskd_claims(paper_table("table4")), few_full_claims(paper_table("table5_8"))
+    rows = []
+    t4 = checkpoint_table(students, eskd_taus)
+    o4 = eskd_claims(as_paper_table4(t4))
+    if len(o4):
+        d = o4["ece_early"] - o4["ece_late"]
+        rows.append(cl.claim("early checkpoint's teacher ECE at tau < final's",
+                             f"Table 4: early ECE <= late in {_paper_count(p4, 'ece_not_worse')}",
+                             d.mean(), d.min(), d.max(), len(d), "less", unit=" pp"))
+    cmf = checkpoint_minus_final(students, eskd_taus)
+    if len(cmf):
+        first = cmf[cmf["teacher_epoch"] == cmf["teacher_epoch"].min()]
+        for _, r in first.iterrows():
+            rows.append(cl.claim(
+                f"early (epoch {int(r.teacher_epoch)}) teacher's student > final's, "
+                f"tau {r.temperature:g}",
+                f"Table 4: early student >= late in {_paper_count(p4, 'acc_not_worse')}",
+                r["diff"], r["lo"], r["hi"], int(r["n"]), "greater", unit=" pp"))
+    o5 = few_full_claims(as_paper_table5(few_vs_full_table(students, few_taus)))
+    if len(o5):
+        d = o5["ece_few"] - o5["ece_full"]
+        rows.append(cl.claim(
+            "few-trained teacher's ECE at tau < full's",
+            f"Tables 5, 8: lower in {_paper_count(p5, 'few_better_calibrated')}",
+            d.mean(), d.min(), d.max(), len(d), "less", unit=" pp"))
+    for _, r in few_minus_full(students, few_taus).iterrows():
+        rows.append(cl.claim(
+            f"few-trained teacher's student > full's, tau {r.temperature:g}",
+            f"Tables 5, 8: better in {_paper_count(p5, 'few_better_students')}",
+            r["diff"], r["lo"], r["hi"], int(r["n"]), "greater", unit=" pp"))
+    return cl.claims_table(rows)

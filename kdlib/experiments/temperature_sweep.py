@@ -325,3 +325,43 @@ def paper_comparison() -> pd.DataFrame:
     ours = paper_spearman(paper_table("table6")).rename(
         columns={"spearman_kd_ece": "recomputed_kd", "spearman_dist_ece": "recomputed_dist"})
     return printed.merge(ours, on=["teacher", "student"], how="left")
+
+
+# ---------------------------------------------------------------- the paper's claims
+
+DIST_TOLERANCE = 50.0
+"""Insensitivity band for DIST's Spearman, percent: the paper calls DIST insensitive with
+values from -50% (WRN-28-1 -> ResNet14) to +8% (Tables 6, 9), so |rho| <= 50%."""
+
+
+def claims(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """The paper's two claims per pair, as a kdlib.claims table (Spearman in percent of
+    the teacher's ECE at tau vs student accuracy, interval over seeds, n = seeds):
+    KD falls as the teacher's ECE rises (rho < 0), DIST is insensitive (|rho| <= 50%).
+    df: students_frame (pair, loss, temperature, seed, accuracy, teacher_ece_at_tau)."""
+    from kdlib import claims as cl
+
+    need = ["pair", "loss", "temperature", "seed", "accuracy", "teacher_ece_at_tau"]
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a DataFrame (students_frame), got {type(df).__name__}")
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"columns {missing} missing; students_frame has {need}")
+    paper = paper_table("table6_9_spearman")
+    kd_ev = (f"Tables 6, 9: KD rho {paper.spearman_kd_ece.min():.0f}% to "
+             f"{paper.spearman_kd_ece.max():.0f}% in {len(paper)} pairs")
+    dist_ev = (f"Tables 6, 9: DIST rho {paper.spearman_dist_ece.min():.0f}% to "
+               f"{paper.spearman_dist_ece.max():.0f}%")
+    rows = []
+    for pair, g in df.groupby("pair", sort=False):
+        name = str(pair).split(" (")[0]
+        for loss, kind, tol, text, ev in (
+                ("kd", "less", None, "KD falls as teacher ECE rises", kd_ev),
+                ("dist", "insensitive", DIST_TOLERANCE, "DIST insensitive to teacher ECE",
+                 dist_ev)):
+            sub = g[g["loss"] == loss]
+            if len(sub):
+                rows.append(cl.spearman_claim(sub, "teacher_ece_at_tau", "accuracy",
+                                              f"{text} ({name})", ev, kind, tolerance=tol,
+                                              n_boot=n_boot, scale=100, unit="%", digits=0))
+    return cl.claims_table(rows)
