@@ -504,3 +504,56 @@ def beside_paper(ours: pd.DataFrame) -> pd.DataFrame:
     cols = ["source", "teacher", "assistant", "assistant_params_m", "student", "tau",
             "assistant_ece_at_tau", "student_accuracy"]
     return pd.concat([a[cols], p[cols]], ignore_index=True)
+
+
+CHAIN_MIN_N = 5
+"""Fewest (assistant, seed) chains for a verdict on the chain-level Spearman."""
+
+
+def claims(df: pd.DataFrame, size_tau: float, tau_chains: list[dict], tau_values,
+           n_boot: int = 2000) -> pd.DataFrame:
+    """The paper's TAKD claims as a kdlib.claims table, per (dataset, teacher, student).
+
+    * better-calibrated assistant, better student (Tables 2, 7): Spearman of student
+      accuracy with the assistant's ECE at size_tau over every (assistant, seed) chain,
+      percentile bootstrap over chains, n = chains; claimed < 0; inconclusive below
+      CHAIN_MIN_N chains (a bootstrap over 3 or 4 points is mostly ties). Groups with two
+      assistants are analysed too (their chains still vary in ECE).
+    * larger assistant, better calibrated (section 4.1): Spearman of the assistant's ECE at
+      size_tau with its parameter count over assistants (seed means, interval over seeds,
+      n = seeds); claimed < 0; NaN and inconclusive with fewer than 3 assistants.
+    * higher tau, worse student (Table 3): student accuracy at max(tau_values) minus at
+      min(tau_values) per tau chain, paired by seed (points, t-interval, n = seeds); < 0.
+    Spearman in percent.
+    """
+    from kdlib import claims as cl
+
+    _require(df, CHAIN + ["seed", "student_accuracy", "assistant_ece_at_tau",
+                          "assistant_params"])
+    rows = []
+    sub = df[np.isclose(df["tau"], size_tau) & (df["assistant_name"] != "none")]
+    for (ds, t, s), g in sub.groupby(["dataset", "teacher", "student"], sort=True):
+        name = f"{t} -> {s}, {ds}"
+        x, y = g["assistant_ece_at_tau"].to_numpy(float), g["student_accuracy"].to_numpy(float)
+        if len(g) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            b = bootstrap_rows_spearman(x, y, n_boot=n_boot)
+            est, lo, hi, n = 100 * b["rho"], 100 * b["lo"], 100 * b["hi"], b["n"]
+        else:
+            est = lo = hi = float("nan")
+            n = len(g)
+        rows.append(cl.claim(f"better-calibrated assistant, better student ({name})",
+                             "Tables 2, 7: rho(acc, assistant ECE) < 0", est, lo, hi, n,
+                             "less", unit="%", digits=0, min_n=CHAIN_MIN_N))
+        rows.append(cl.spearman_claim(
+            g, "assistant_params", "assistant_ece_at_tau",
+            f"larger assistant, lower ECE ({name})", "Section 4.1: larger TA better calibrated",
+            "less", cell="assistant_name", n_boot=n_boot, scale=100, unit="%", digits=0))
+    taus = [float(v) for v in tau_values]
+    if tau_chains and len(taus) >= 2:
+        for _, r in tau_effect(df, tau_chains, min(taus), max(taus)).iterrows():
+            rows.append(cl.claim(
+                f"tau {max(taus):g} vs {min(taus):g}: student worse "
+                f"({r.teacher} -> {r.assistant_name} -> {r.student})",
+                "Table 3: lower accuracy at the higher tau", r["diff"], r["lo"], r["hi"],
+                int(r["n"]), "less", unit=" pp"))
+    return cl.claims_table(rows)
