@@ -145,52 +145,23 @@ display(fig)
 plt.close(fig)
 
 # %% [markdown]
-# ## What the result shows
-#
-# Numbers quoted here are from the default scale (60 epochs instead of 200, standardized
-# inputs, 5 paired runs); the tables above are the ones to read at other scales.
-#
-# **At paper scale** (200 epochs; the whole notebook ran in 98 s on a 2-core CPU) the
-# direction holds and the size does not. 10 classes: 88.80% one-hot vs 88.86% posterior
-# (+0.06 +- 0.21 pp, 3 of 5 runs; variances 0.023 vs 0.002 %^2). 100 classes: 90.92% vs
-# 91.53% (+0.61 +- 2.06 pp, 3 of 5 runs; variances 0.67 vs 2.85 %^2, one posterior run ended
-# at 88.27%). The paper has 89.13 vs 89.82 and 94.00 vs 94.87, its 100-class posterior
-# students within 0.2 pp of the Bayes accuracy (95.03%); ours stay 3.5-4 pp below it. Across
-# the tempered arms, target ECE and student accuracy rank alike (Spearman +1.0 on 10
-# classes over a 0.3 pp spread, +0.6 on 100): the better calibrated target does not give the
-# better student.
-#
-# **Posterior vs one-hot.** On the 100-class task the posterior comes out ahead: 90.77% vs
-# 88.55% (paired difference +2.2 +- 1.7 pp, posterior better in 4 of 5 runs), the paper's
-# direction (94.87% vs 94.00%). It is *not* more stable here: the population variances are
-# 1.91 vs 1.05 %^2, where the paper reports 0.03 vs 1.80. Both arms stay 4-6 pp below the
-# Bayes accuracy (95.03%) after 60 epochs. On the 10-class task there is no accuracy
-# difference: 88.93% vs 88.95% (-0.01 +- 0.24 pp), both within 0.2 pp of the Bayes accuracy
-# of the same test points (89.10%), so there is no room left for the teacher to help. What
-# the posterior does change is the spread and the decisions: variance 0.003 vs 0.06 %^2,
-# and its decisions match the Bayes rule on 99.3% of the test points against 97.2% for
-# one-hot (run 1). The paper's 10-class gain (+0.69 pp) is smaller than the spread of its
-# own one-hot runs (87.06-90.87%).
-#
-# **On raw inputs the optimizer's noise dominates.** The same preset with
-# `standardize_inputs = False` gave 10 classes 88.19% (one-hot) vs 89.16% (posterior),
-# +0.97 +- 0.33 pp in 5 of 5 runs, and 100 classes 82.14% vs 87.02% with variances 66.9 and
-# 45.0 %^2: one run of each arm ended the last epoch at 66.3% and 73.7%. Training on the
-# posterior survives the noisy optimization better, which is one reading of the paper's
-# "stability", but the large spreads are the optimizer's, not the teacher's.
-#
-# **Does the target's calibration move the student?** Not in a consistent direction. Every
-# tempered target keeps the Bayes argmax; only its calibration changes (target ECE 0.5% for
-# the posterior up to 27% at tau = 4). On 10 classes all arms land within 0.25 pp
-# (88.93-89.18%, about the test set's resolution), and the rank correlation between target
-# ECE and student accuracy is +0.6, the opposite sign of "better calibrated teacher, better
-# student". On 100 classes the best student learned from a softened posterior (tau = 2,
-# target ECE 7.1%: 91.73%), ahead of the exact posterior (ECE 0.5%: 90.77%); the worst from
-# the hard Bayes labels (tau -> 0, ECE 5.0%: 87.83%), close to the one-hot labels (88.55%);
-# Spearman -0.2 with a bootstrap interval spanning zero. What orders the students is how
-# soft the target is (hard targets worst, moderate softening best), not how well its
-# confidences match the label frequencies. With 5 arms per task these correlations are weak
-# evidence either way.
+# ## Claims table: the paper's claims, tested on this run
+# Computed by `gmm_optimal_teacher.claims` from the runs above, per task: the posterior
+# minus the one-hot student's accuracy, paired by run (same initialization and batch
+# order; points, Student-t 95% interval, `n` = runs), and the Spearman (percent) of target
+# ECE vs student accuracy over the posterior arms (interval over runs). Every tempered
+# target keeps the Bayes decisions and changes only its calibration, so the second row asks
+# whether calibration itself moves the student; with few arms it is weak evidence.
+# The verdict rule (`kdlib.claims.verdict`): a claim *holds* when the whole interval lies
+# on the claimed side of 0, *does not hold* when it lies wholly on the other side, and is
+# *inconclusive* when it contains 0 or rests on fewer than 3 independent points (`n`).
+
+# %%
+from kdlib import claims as cl
+
+claims_table = exp.claims(runs, n_boot=cfg["n_boot"])
+print(cl.verdict_line(claims_table))
+claims_table
 
 # %%
 d10 = paired.set_index("classes")

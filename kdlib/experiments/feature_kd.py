@@ -276,3 +276,29 @@ def per_seed_spearman(df: pd.DataFrame) -> pd.DataFrame:
                          if len(h) >= 3 else np.nan)
         out[loss] = pd.Series(col)
     return pd.DataFrame(out).rename_axis("seed")
+
+
+def claims(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """Figure 7's claim as a kdlib.claims table: per feature-based loss (every loss but
+    "dist"), student accuracy falls as the teacher's ECE at tau rises (Spearman in percent
+    over temperatures, interval over seeds, n = seeds; claimed < 0); and DIST insensitive
+    (|rho| <= temperature_sweep.DIST_TOLERANCE) when DIST ran."""
+    from kdlib import claims as cl
+    from kdlib.experiments.temperature_sweep import DIST_TOLERANCE
+
+    _check_df(df, ["loss", "temperature", "seed", "accuracy", "teacher_ece_at_tau"])
+    rows = []
+    for loss in _losses(df):
+        g = df[df["loss"] == loss]
+        if loss == "dist":
+            rows.append(cl.spearman_claim(
+                g, "teacher_ece_at_tau", "accuracy", "DIST insensitive to teacher ECE",
+                "Tables 6, 9: DIST rho -50% to 8%", "insensitive", tolerance=DIST_TOLERANCE,
+                n_boot=n_boot, scale=100, unit="%", digits=0))
+        else:
+            rows.append(cl.spearman_claim(
+                g, "teacher_ece_at_tau", "accuracy", f"{loss} falls as teacher ECE rises",
+                "Figure 7: the KD correlation also holds with FitNet (no values printed)"
+                if loss != "kd" else "Tables 6, 9: KD rho -99% to -32%", "less",
+                n_boot=n_boot, scale=100, unit="%", digits=0))
+    return cl.claims_table(rows)
