@@ -103,3 +103,106 @@ def test_spearman_claim_decreasing_and_too_few_cells():
     assert one_seed["verdict"] == "inconclusive" and one_seed["n"] == 1
     two_cells = cl.spearman_claim(df[df.temperature <= 2], "ece", "acc", "falls", "p", "less")
     assert two_cells["verdict"] == "inconclusive" and two_cells["ours"] == "nan"
+
+
+# ------------------------------------------------- each experiment module's claims(...)
+
+def _sweep_frame(kd_slope, dist_slope, seeds=3, pair="a -> b (digits)"):
+    rng = np.random.default_rng(1)
+    rows = []
+    for t, ece in zip((1, 2, 3, 4, 5, 6), (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)):
+        for s in range(seeds):
+            for loss, slope in (("kd", kd_slope), ("dist", dist_slope)):
+                noise = 0.002 * rng.normal()
+                rows.append({"pair": pair, "loss": loss, "temperature": float(t), "seed": s,
+                             "teacher_ece_at_tau": ece, "accuracy": 0.9 + slope * ece + noise})
+    return pd.DataFrame(rows)
+
+
+def test_temperature_sweep_claims():
+    from kdlib.experiments import temperature_sweep as ts
+
+    t = ts.claims(_sweep_frame(-0.2, 0.0), n_boot=200)
+    assert list(t["claim"]) == ["KD falls as teacher ECE rises (a -> b)",
+                                "DIST insensitive to teacher ECE (a -> b)"]
+    # KD falls with ECE: holds; DIST flat up to noise: its rho is within the band or not
+    assert t.loc[0, "verdict"] == "holds" and t.loc[0, "n"] == 3
+    t2 = ts.claims(_sweep_frame(-0.2, -0.2), n_boot=200)
+    assert t2.loc[1, "verdict"] == "does not hold"  # DIST falls just as KD: rho ~ -100%
+    assert ts.claims(_sweep_frame(-0.2, -0.2, seeds=1), n_boot=50)["verdict"].eq(
+        "inconclusive").all()
+    with pytest.raises(ValueError):
+        ts.claims(_sweep_frame(-0.2, 0.0).drop(columns="seed"))
+
+
+def test_feature_kd_claims():
+    from kdlib.experiments import feature_kd as fk
+
+    df = _sweep_frame(-0.2, -0.2).drop(columns="pair")
+    df = pd.concat([df, df[df.loss == "kd"].assign(loss="fitnet")], ignore_index=True)
+    t = fk.claims(df, n_boot=200).set_index("claim")
+    assert t.loc["fitnet falls as teacher ECE rises", "verdict"] == "holds"
+    assert t.loc["DIST insensitive to teacher ECE", "verdict"] == "does not hold"
+
+
+def test_gmm_optimal_teacher_claims():
+    from kdlib.experiments import gmm_optimal_teacher as g
+
+    rows = []
+    for r in range(5):
+        rows.append({"classes": 10, "arm": g.ONE_HOT, "run": r, "target_ece": 0.0,
+                     "accuracy": 0.80 + 0.001 * r})
+        for k, (arm, ece) in enumerate(((g.POSTERIOR, 0.01), ("tau=2", 0.05),
+                                        ("tau=4", 0.10))):
+            rows.append({"classes": 10, "arm": arm, "run": r, "target_ece": ece,
+                         "accuracy": 0.85 - 0.01 * k + 0.001 * r})
+    runs = pd.DataFrame(rows).assign(accuracy_pct=lambda d: 100 * d["accuracy"])
+    t = g.claims(runs, n_boot=200)
+    assert list(t["verdict"]) == ["holds", "holds"]
+    assert t.loc[0, "ours"] == "5.00 pp" and t.loc[0, "n"] == 5
+
+
+def test_teacher_assistant_claims():
+    from kdlib.experiments import teacher_assistant as ta
+
+    rows = []
+    for a, (params, ece) in enumerate(((1000, 0.05), (500, 0.10), (250, 0.20))):
+        for s in range(3):
+            for tau in (1.8, 4.0):
+                rows.append({"dataset": "d", "teacher": "T", "assistant_name": f"A{a}",
+                             "student": "S", "tau": tau, "seed": s, "assistant_params": params,
+                             "assistant_ece_at_tau": ece + 0.001 * s,
+                             "student_accuracy": 0.9 - ece / 4 - 0.01 * (tau > 2)
+                             - 0.0001 * s})
+    df = pd.DataFrame(rows)
+    t = ta.claims(df, 1.8, [], [1.8, 4.0], n_boot=200)
+    assert len(t) == 2  # no tau chains given: no tau claim
+    assert t.loc[0, "n"] == 9 and t.loc[0, "verdict"] == "holds"  # lower ECE, better student
+    assert t.loc[1, "verdict"] == "holds"  # larger assistant, lower ECE
+
+
+def test_early_stopped_claims():
+    from kdlib.experiments import early_stopped_teacher as es
+
+    rows = []
+    for s in range(3):
+        for tau in (1.0, 1.6, 3.0, 4.0):
+            for training, epoch, final, ece, acc in (("full", 10, False, 0.02, 0.91),
+                                                     ("full", 20, True, 0.05, 0.90),
+                                                     ("few", 8, True, 0.01, 0.92)):
+                rows.append({"teacher": "T", "student": "S", "training": training,
+                             "final": final, "teacher_epoch": epoch, "temperature": tau,
+                             "seed": s, "teacher_accuracy": 0.95, "teacher_ece": ece,
+                             "teacher_ece_at_tau": ece * tau,
+                             "student_accuracy": acc + 0.001 * s * (training == "few")})
+    df = pd.DataFrame(rows)
+    t = es.claims(df, [1.0, 1.6, 3.0], [1.6, 3.0, 4.0])
+    assert len(t) == 1 + 3 + 1 + 3
+    # teacher ECE claims over 3 taus, every difference negative: holds
+    assert t.loc[0, "verdict"] == "holds" and t.loc[0, "n"] == 3
+    # the early student is 1 point better in every seed (zero spread): holds
+    assert (t.loc[1:3, "verdict"] == "holds").all()
+    assert t.loc[1, "ours"] == "1.00 pp"
+    assert t.loc[4, "verdict"] == "holds" and (t.loc[5:, "verdict"] == "holds").all()
+    # with two taus the teacher-side claim has n = 2: inconclusive
+    assert es.claims(df, [1.0, 1.6], [1.6, 3.0]).loc[0, "verdict"] == "inconclusive"
