@@ -242,14 +242,16 @@ def _read(path: str):
         raise
     except Exception as err:  # torch.load raises many types for a file that is not its own
         text = str(err)
-        if "Weights only load failed" in text:
-            detail = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", text)
+        detail = re.search(r"WeightsUnpickler error:(.*?)(Please use|Check the documentation|$)",
+                           text, re.S)
+        detail = " ".join(detail.group(1).split()) if detail else text[:200]
+        if "Unsupported global" in detail or "allowlisted" in detail:
             raise ValueError(
                 f"{path}: refused by torch.load(weights_only=True): it holds objects other "
-                f"than tensors, numbers, numpy scalars and argparse.Namespace"
-                f"{f' ({detail.group(1)})' if detail else ''}") from err
+                f"than tensors, numbers, numpy scalars and argparse.Namespace ({detail})"
+            ) from err
         raise ValueError(f"{path}: not a readable torch file ({type(err).__name__}: "
-                         f"{text[:200]})") from err
+                         f"{detail})") from err
 
 
 def _number(value):
