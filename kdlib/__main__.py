@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from kdlib.presets import SCALES
 
@@ -33,6 +34,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _notebook_timeout(text: str):
+    """Seconds (> 0), 'none' (no limit) or 'scale' (the scale's default)."""
+    if text.strip().lower() in ("none", "scale"):
+        return None if text.strip().lower() == "none" else "scale"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds, 'none' or 'scale', got {text!r}"
+        ) from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds (or 'none'), got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _timeout_help() -> str:
+    from kdlib.report import NOTEBOOK_TIMEOUT_S
+
+    defaults = ", ".join(f"{s} {NOTEBOOK_TIMEOUT_S[s]:g} s" for s in SCALES)
+    return (f"stop a notebook that runs longer than this, keeping its partial report; "
+            f"'none': no limit (default: per scale: {defaults})")
+
+
 def _add_report_parser(sub) -> None:
     p = sub.add_parser(
         "report",
@@ -41,7 +72,12 @@ def _add_report_parser(sub) -> None:
             "Execute notebooks (jupytext .py sources) with papermill in a fresh kernel of\n"
             "this interpreter, injecting SCALE and INTERACTIVE=False, and write\n"
             "<out>/<stem>.ipynb, <out>/<stem>.html, <out>/index.html and <out>/summary.json.\n"
-            "A failing notebook does not stop the others; the exit code is 1 if any failed."
+            "Every notebook and -p is checked before any runs. A report is replaced only\n"
+            "by a complete new one; a failed, timed-out or stopped run's partial report is\n"
+            "<out>/<stem>.failed.html beside it. A failing notebook does not stop the\n"
+            "others; the exit code is 1 if any failed, 2 for a usage error, and 128+N\n"
+            "after signal N (SIGINT, SIGTERM: the running kernel is shut down, its partial\n"
+            "report kept and the index written)."
         ),
         epilog=SCALE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,7 +87,8 @@ def _add_report_parser(sub) -> None:
                         "default: every NN_*.py in --notebooks-dir")
     p.add_argument("--scale", choices=SCALES, default="default",
                    help="preset scale injected as SCALE (default: %(default)s)")
-    p.add_argument("--out", default="reports", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default="reports",
+                   help="output folder, created if missing (default: %(default)s)")
     p.add_argument("--notebooks-dir", default="notebooks",
                    help="where to find notebooks by stem or number (default: %(default)s)")
     p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
@@ -59,6 +96,8 @@ def _add_report_parser(sub) -> None:
                         "VALUE is a Python literal, else a string (repeatable)")
     p.add_argument("--cell-timeout", type=_positive_int, default=None, metavar="SECONDS",
                    help="fail a notebook whose cell runs longer than this (default: no limit)")
+    p.add_argument("--notebook-timeout", type=_notebook_timeout, default="scale",
+                   metavar="SECONDS", help=_timeout_help())
     p.set_defaults(func=_cmd_report, subparser=p)
 
 
@@ -71,21 +110,35 @@ def _cmd_report(args, parser) -> int:
         if clash:
             raise ValueError(f"-p {clash[0]}=... is not allowed: the runner sets "
                              f"{list(report.RUNNER_PARAMETERS)} (use --scale)")
+        try:
+            report.check_out_dir(args.out)
+        except ValueError as err:
+            raise ValueError(f"--out: {err}") from None
         sources = report.find_notebooks(args.notebooks, args.notebooks_dir)
+        report.check_run(sources, args.out, args.scale, parameters, args.cell_timeout,
+                         args.notebook_timeout)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     except ValueError as err:
         parser.error(str(err))
-    results = report.run_reports(sources, args.out, args.scale, parameters, args.cell_timeout)
+    except OSError as err:
+        parser.error(f"--out: cannot create the folder {args.out!r}: "
+                     f"{err.strerror or err}")
+    try:
+        results = report.run_reports(sources, args.out, args.scale, parameters,
+                                     args.cell_timeout, notebook_timeout=args.notebook_timeout)
+    except report.StopRequested as stop:
+        return 128 + stop.signum
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kdlib",
         description="kdlib: knowledge distillation and calibration (Fan et al., ICML 2024).",
         epilog=SCALE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", title="commands")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="{report}")
     sub.required = True
     _add_report_parser(sub)
     return parser

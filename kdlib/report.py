@@ -1,152 +1,66 @@
-"""Execute the notebooks and write HTML reports, plus `headline` for notebooks to call.
+"""Execute the notebooks and write HTML reports: the runner behind ``kdlib report``.
 
 Notebooks are jupytext percent-format ``.py`` files with exactly one cell tagged
 ``parameters`` (plain assignments, including ``SCALE`` and ``INTERACTIVE``). The runner
-executes each with papermill in a fresh kernel of the current interpreter (cwd = the
-notebook's folder, ``SCALE=<scale>``, ``INTERACTIVE=False`` and any overrides injected)
-and writes into the output folder:
+first checks every selected notebook (parameters cell, ``-p`` overrides, output folder)
+and runs nothing if any check fails. It then executes each with papermill in a fresh
+kernel of the current interpreter (cwd = the notebook's folder, ``SCALE=<scale>``,
+``INTERACTIVE=False`` and any overrides injected) and writes into the output folder:
 
-    <stem>.ipynb     the executed notebook (partial if a cell failed)
-    <stem>.html      the rendered report (images embedded)
-    index.html       every notebook: status, duration (s), headline figures, links
-    summary.json     the same as JSON
+    <stem>.ipynb, <stem>.html     the report, replaced only by a complete new one
+    <stem>.failed.ipynb/.html     a failed, timed-out or stopped run's partial report,
+                                  beside the last good one (removed by the next success)
+    <stem>.failed.kernel.log      the kernel process's own log of that run, if any
+    index.html, summary.json      every notebook (kdlib.report_index), rewritten after
+                                  each notebook and when the run stops
 
-Headline figures are what a notebook passes to `headline`; the runner collects them from
-the executed outputs by their mimetype, HEADLINE_MIMETYPE.
+Each notebook runs under a time limit (NOTEBOOK_TIMEOUT_S per scale, or
+``notebook_timeout``). SIGINT and SIGTERM stop the run cleanly: the running kernel is shut
+down, its partial report kept, the index written and `StopRequested` raised (``kdlib
+report`` exits with 128 + the signal number).
 
-Heavy imports (papermill, nbconvert, jupytext) happen inside the runner functions, so
-``from kdlib.report import headline`` stays cheap.
+The notebook-facing `headline` helpers live in kdlib.headline and are re-exported here.
+Heavy imports (papermill, nbconvert, jupytext) happen inside the functions.
 """
 
 from __future__ import annotations
 
 import ast
-import datetime
-import html
-import json
-import math
 import os
 import sys
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, TextIO
 
+from kdlib.headline import (
+    HEADLINE_MIMETYPE,
+    MAX_STRING_FIGURE,
+    collect_headlines,
+    format_value,
+    headline,
+    headline_bundle,
+)
 from kdlib.presets import SCALES
+from kdlib.report_index import NotebookResult, now, render_index, write_file, write_index
+from kdlib.report_kernel import (
+    KERNEL_MPLBACKEND,
+    Limits,
+    Stopper,
+    StopRequested,
+    kernel_manager_class,
+    kill_kernels,
+    signal_name,
+)
 
-HEADLINE_MIMETYPE = "application/vnd.kdlib.headline+json"
 RUNNER_PARAMETERS = ("SCALE", "INTERACTIVE")
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.py"
-# Inline figures (Agg-based, no GUI). Plain "Agg" would stop ipykernel from showing figures.
-KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
-MAX_STRING_FIGURE = 80
-
-_MISSING = object()
-
-
-# --------------------------------------------------------------------------- headline
-
-
-def format_value(value: Any) -> str:
-    """Short text for a headline value: floats with 6 significant digits."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _headline_value(name: str, value: Any) -> int | float | str:
-    if not isinstance(value, (str, Real)) and hasattr(value, "item"):
-        try:  # numpy scalars and 0-d arrays, one-element torch tensors
-            value = value.item()
-        except (ValueError, RuntimeError) as err:
-            raise TypeError(
-                f"headline figure {name!r} must be a number or a short string, "
-                f"got an array with more than one element ({err})"
-            ) from err
-    if isinstance(value, bool):
-        raise TypeError(
-            f"headline figure {name!r} must be a number or a short string, got a bool; "
-            "pass str(value) or an int"
-        )
-    if isinstance(value, Integral):
-        return int(value)
-    if isinstance(value, Real):
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"headline figure {name!r} must be finite, got {value}")
-        return value
-    if isinstance(value, str):
-        if len(value) > MAX_STRING_FIGURE or "\n" in value:
-            raise ValueError(
-                f"headline figure {name!r} must be a single-line string of at most "
-                f"{MAX_STRING_FIGURE} characters, got {len(value)} characters"
-            )
-        return value
-    raise TypeError(
-        f"headline figure {name!r} must be a number or a short string, "
-        f"got {type(value).__name__}"
-    )
-
-
-def headline_bundle(name=None, value=_MISSING, /, **figures) -> dict:
-    """The display bundle `headline` publishes: {mimetype: data} with a JSON dict of
-    figures under HEADLINE_MIMETYPE plus text/plain and text/markdown renderings."""
-    merged: dict[str, Any] = {}
-    if name is not None or value is not _MISSING:
-        if not isinstance(name, str) or not name.strip():
-            raise TypeError(f"headline name must be a non-empty string, got {name!r}")
-        if value is _MISSING:
-            raise TypeError(f"headline({name!r}) needs a value: headline(name, value)")
-        if name in figures:
-            raise ValueError(f"headline figure {name!r} given twice")
-        merged[name] = value
-    merged.update(figures)
-    if not merged:
-        raise ValueError("headline needs at least one figure: headline(accuracy=0.97)")
-    clean = {str(k): _headline_value(str(k), v) for k, v in merged.items()}
-    plain = "\n".join(f"{k}: {format_value(v)}" for k, v in clean.items())
-    rows = "\n".join(
-        f"| {k.replace('|', '/')} | {format_value(v).replace('|', '/')} |"
-        for k, v in clean.items()
-    )
-    markdown = f"| headline figure | value |\n|---|---|\n{rows}\n"
-    return {HEADLINE_MIMETYPE: clean, "text/plain": plain, "text/markdown": markdown}
-
-
-def headline(name=None, value=_MISSING, /, **figures) -> None:
-    """Show headline figures and mark them for the report index.
-
-    ``headline(accuracy=0.97, ece=0.031)`` or ``headline("ECE (teacher)", 0.12)``.
-    Values: finite numbers (numpy / one-element tensors accepted) or single-line strings
-    of at most 80 characters. Outside IPython the text rendering is printed.
-    """
-    bundle = headline_bundle(name, value, **figures)
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:  # pragma: no cover - IPython ships with ipykernel
-        get_ipython = lambda: None
-    if get_ipython() is None:
-        print(bundle["text/plain"])
-        return
-    display(bundle, raw=True)
-
-
-def collect_headlines(nb) -> dict[str, Any]:
-    """All headline figures in an executed notebook's outputs, in order (later wins)."""
-    figures: dict[str, Any] = {}
-    for cell in nb.get("cells", []):
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if HEADLINE_MIMETYPE in data:
-                value = data[HEADLINE_MIMETYPE]
-                if isinstance(value, str):  # some writers store JSON mimetypes as text
-                    value = json.loads(value)
-                figures.update(value)
-    return figures
-
+# Default time limit of one notebook, in seconds, per scale. Smoke notebooks take seconds
+# and default ones minutes (the slowest about 3 min on 2 CPU cores), so 10 min and 1 h only
+# stop hung ones. Paper-scale notebooks take GPU hours to days; 7 days still stops a hung
+# one, and their sweeps resume from the stored cells when run again.
+NOTEBOOK_TIMEOUT_S = {"smoke": 600, "default": 3600, "paper": 7 * 24 * 3600}
+FAILED_SUFFIX = ".failed"
 
 # --------------------------------------------------------------------------- selection
 
@@ -264,40 +178,88 @@ def check_parameters(declared, parameters) -> None:
         )
 
 
-# --------------------------------------------------------------------------- results
+# --------------------------------------------------------------------------- validation
 
 
-@dataclass
-class NotebookResult:
-    """Outcome of one notebook. Paths are relative to the output folder (None: not written)."""
+def resolve_notebook_timeout(notebook_timeout, scale: str) -> float | None:
+    """Seconds one notebook may run: ``"scale"`` -> NOTEBOOK_TIMEOUT_S[scale]; None -> no
+    limit; a number > 0 -> itself. ValueError for anything else."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    if isinstance(notebook_timeout, str) and notebook_timeout == "scale":
+        return float(NOTEBOOK_TIMEOUT_S[scale])
+    if notebook_timeout is None:
+        return None
+    if (isinstance(notebook_timeout, bool) or not isinstance(notebook_timeout, Real)
+            or not notebook_timeout > 0 or notebook_timeout != notebook_timeout):
+        raise ValueError("notebook_timeout must be 'scale', None (no limit) or a number of "
+                         f"seconds > 0, got {notebook_timeout!r}")
+    return float(notebook_timeout)
 
-    name: str
-    source: str
-    status: str  # "ok" or "failed"
-    duration_s: float
-    parameters: dict = field(default_factory=dict)
-    headline: dict = field(default_factory=dict)
-    ipynb: str | None = None
-    html: str | None = None
-    error: dict | None = None  # {"cell", "source", "ename", "evalue"}
-    kernel_log: str | None = None  # the kernel process's own log, kept when it failed
-    finished: str = ""
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """The output folder as an absolute path; ValueError if it, or a folder above it, is
+    an existing file. Creates nothing."""
+    if not isinstance(out_dir, str | os.PathLike) or not str(out_dir):
+        raise ValueError(f"out_dir must be a folder path, got {out_dir!r}")
+    out = Path(out_dir).resolve()
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == out else f" ({str(path)!r} above it is a file)"
+                raise ValueError(f"output folder {str(out_dir)!r} is not a folder{where}; "
+                                 "give a folder (created if missing)")
+            break
+    return out
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def check_run(sources, out_dir="reports", scale: str = "default", parameters=None,
+              cell_timeout=None, notebook_timeout="scale") -> list[Path]:
+    """Check a whole run before anything executes; returns the sources as Paths.
+
+    Checks the scale, the limits, the output folder, that `parameters` sets none of
+    RUNNER_PARAMETERS, and that every notebook reads, has one parameters cell declaring
+    every name in `parameters`, and has a stem no other selected notebook has. Raises one
+    ValueError naming every problem.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    if cell_timeout is not None and (
+        isinstance(cell_timeout, bool) or not isinstance(cell_timeout, Integral)
+        or cell_timeout < 1
+    ):
+        raise ValueError(f"cell_timeout must be None or an integer >= 1 (s), got {cell_timeout!r}")
+    resolve_notebook_timeout(notebook_timeout, scale)
+    parameters = dict(parameters or {})
+    clash = [p for p in RUNNER_PARAMETERS if p in parameters]
+    if clash:
+        raise ValueError(f"parameters {clash} are set by the runner; use scale= / --scale")
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    sources = [Path(s) for s in sources]
+    if not sources:
+        raise ValueError("no notebooks to run")
+    check_out_dir(out_dir)
+    import jupytext
+
+    params = {"SCALE": scale, "INTERACTIVE": False, **parameters}
+    problems, stems = [], {}
+    for src in sources:
+        if src.stem in stems:
+            problems.append(f"{src}: same name as {stems[src.stem]} (their reports would "
+                            "overwrite each other)")
+            continue
+        stems[src.stem] = src
+        try:
+            check_parameters(declared_parameters(jupytext.read(src)), params)
+        except Exception as err:  # unreadable file, bad parameters cell, undeclared -p
+            problems.append(f"{src.stem}: {err}")
+    if problems:
+        raise ValueError("nothing was run: " + "; ".join(problems))
+    return sources
+
+
+# --------------------------------------------------------------------------- one notebook
 
 
 def shorten(source: str, max_lines: int = 8, max_width: int = 120) -> str:
@@ -310,69 +272,22 @@ def shorten(source: str, max_lines: int = 8, max_width: int = 120) -> str:
 
 
 def _failed_cell(nb) -> dict | None:
-    """Source, execution count and error of the cell where execution stopped."""
+    """Source, execution count and error of the cell where execution stopped: the first
+    code cell with an error (or still marked running), else the last one started."""
+    started = None
     for cell in nb.get("cells", []) if nb is not None else []:
         if cell.get("cell_type") != "code":
             continue
         meta = cell.get("metadata", {}).get("papermill", {})
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        info = {"cell": cell.get("execution_count"), "source": shorten(cell["source"])}
         if errors or meta.get("exception") or meta.get("status") == "running":
-            info = {"cell": cell.get("execution_count"), "source": shorten(cell["source"])}
             if errors:
                 info.update(ename=errors[0].get("ename"), evalue=errors[0].get("evalue"))
             return info
-    return None
-
-
-# --------------------------------------------------------------------------- kernel
-
-
-def _kernel_manager_class(kernel_log: TextIO | None = None):
-    """An AsyncKernelManager class that always launches ipykernel in *this* interpreter.
-
-    Registered kernelspecs are not consulted: this works in a fresh venv without a
-    ``python3`` kernelspec and cannot pick up another environment's. MPLBACKEND is set
-    for the kernel (inline figures, no GUI), the kernel process's own stdout/stderr (its
-    log, not cell output) go to `kernel_log` when given, and CurveZMQ transport
-    encryption is used when the installed jupyter_client and pyzmq support it.
-    """
-    import zmq
-    from ipykernel.kernelspec import RESOURCES, get_kernel_dict
-    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
-    encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has(
-        "curve"
-    )
-
-    class ThisInterpreterKernelSpecs(KernelSpecManager):
-        def get_kernel_spec(self, kernel_name):
-            spec = get_kernel_dict()
-            spec["env"] = {"MPLBACKEND": KERNEL_MPLBACKEND}
-            return KernelSpec(resource_dir=RESOURCES, **spec)
-
-    class ThisInterpreterKernelManager(AsyncKernelManager):
-        @default("kernel_spec_manager")
-        def _kernel_spec_manager_default(self):
-            return ThisInterpreterKernelSpecs(data_dir=self.data_dir)
-
-        if encrypt:
-
-            @default("transport_encryption")
-            def _transport_encryption_default(self):
-                return "auto"
-
-        async def start_kernel(self, **kw):
-            if kernel_log is not None:
-                kw.setdefault("stdout", kernel_log)
-                kw.setdefault("stderr", kernel_log)
-            return await super().start_kernel(**kw)
-
-    return ThisInterpreterKernelManager
-
-
-# --------------------------------------------------------------------------- runner
+        if meta.get("start_time"):
+            started = info
+    return started
 
 
 def _render_html(nb) -> str:
@@ -383,48 +298,89 @@ def _render_html(nb) -> str:
     return body
 
 
-def run_notebook(
-    source: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    scale: str = "default",
-    parameters: dict | None = None,
-    cell_timeout: int | None = None,
-    log: TextIO | None = None,
-) -> NotebookResult:
-    """Execute one notebook source into `out_dir` and render its HTML; never raises for a
-    failing notebook (the result says ``failed`` and carries the error)."""
+def _partial_banner(result: NotebookResult) -> str:
+    """Markdown put first in a partial report, saying why it is partial."""
+    err = result.error or {}
+    where = f" in cell In [{err['cell']}]" if err.get("cell") is not None else ""
+    text = {
+        "timeout": f"the notebook ran past its time limit and was stopped{where}",
+        "stopped": f"the run was stopped{where}",
+    }.get(result.status, f"the notebook failed{where}")
+    lines = [f"**Partial report: {text}.**", "", f"`{err.get('ename')}: {err.get('evalue')}`"]
+    if result.last_ok:
+        kept = result.last_ok.get("html") or result.last_ok.get("ipynb")
+        lines += ["", f"The last good report, `{kept}`, is kept beside this one."]
+    return "\n".join(lines)
+
+
+def _finish(result: NotebookResult, executed, out_dir: Path, stem: str, log: TextIO) -> None:
+    """Write the executed notebook: the report itself when ok, else ``<stem>.failed.*``
+    beside the last good one."""
+    import nbformat
+
+    final = {"ipynb": out_dir / f"{stem}.ipynb", "html": out_dir / f"{stem}.html"}
+    failed = {k: out_dir / f"{stem}{FAILED_SUFFIX}.{k}" for k in final}
+    ok = result.status == "ok"
+    if not ok:
+        kept = {k: p.name for k, p in final.items() if p.exists()}
+        result.last_ok = kept or None
+        banner = nbformat.v4.new_markdown_cell(
+            _partial_banner(result), metadata={"tags": ["kdlib-partial-report"]})
+        executed.cells.insert(0, banner)
+    target = final if ok else failed
+    text = nbformat.writes(executed)
+    try:
+        page = _render_html(executed)
+    except Exception as err:  # the notebook is still written
+        print(f"  could not render {target['html'].name}: {type(err).__name__}: {err}",
+              file=log)
+        page = None
+    write_file(target["ipynb"], text)
+    result.ipynb = target["ipynb"].name
+    if page is not None:
+        write_file(target["html"], page)
+        result.html = target["html"].name
+    else:  # never leave an HTML page of another run beside this notebook
+        target["html"].unlink(missing_ok=True)
+    if ok:  # a superseded failure's files would only mislead
+        for path in (*failed.values(), out_dir / f"{stem}{FAILED_SUFFIX}.kernel.log",
+                     out_dir / f"{stem}.kernel.log"):
+            path.unlink(missing_ok=True)
+
+
+def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
+             cell_timeout: int | None, notebook_timeout_s: float | None, log: TextIO,
+             stopper: Stopper) -> NotebookResult:
     import jupytext
     import nbformat
     import papermill
 
-    log = sys.stderr if log is None else log
-    source = Path(source).resolve()
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = source.stem
-    params = {"SCALE": scale, "INTERACTIVE": False, **(parameters or {})}
+    params = {"SCALE": scale, "INTERACTIVE": False, **parameters}
     result = NotebookResult(name=stem, source=str(source), status="failed", duration_s=0.0,
-                            parameters=params)
-    final_ipynb, final_html = out_dir / f"{stem}.ipynb", out_dir / f"{stem}.html"
-    running = out_dir / f".{stem}.running.ipynb"
-    for stale in (final_ipynb, final_html, running, out_dir / f"{stem}.kernel.log"):
-        stale.unlink(missing_ok=True)
-
+                            parameters=params, notebook_timeout_s=notebook_timeout_s)
     start = time.perf_counter()
     try:
         nb = jupytext.read(source)
         check_parameters(declared_parameters(nb), params)
-    except Exception as err:  # reported per notebook
+    except Exception as err:  # reported per notebook; no file is touched
         result.error = {"cell": None, "source": None, "ename": type(err).__name__,
                         "evalue": str(err)}
-        result.finished = _now()
+        result.finished = now()
         return result
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                  "language": "python"}
+    running = out_dir / f".{stem}.running.ipynb"
     kernel_log = out_dir / f".{stem}.kernel.log"
+    running.unlink(missing_ok=True)  # left by a run that was killed outright
+    limits = Limits(cell_timeout, notebook_timeout_s)
+    managers: list = []
+    interrupt = None
     try:
-        with open(kernel_log, "w", encoding="utf-8") as klog:
+        with open(kernel_log, "w", encoding="utf-8") as klog, stopper.executing():
+            limits.start()
             papermill.execute_notebook(
                 nb,
                 str(running),
@@ -432,61 +388,111 @@ def run_notebook(
                 kernel_name="python3",
                 language="python",
                 cwd=str(source.parent),
-                execution_timeout=cell_timeout,
+                timeout_func=limits,
                 progress_bar=bool(getattr(log, "isatty", lambda: False)()),
                 log_output=False,
-                kernel_manager_class=_kernel_manager_class(klog),
+                kernel_manager_class=kernel_manager_class(klog, managers),
             )
         result.status = "ok"
     except papermill.PapermillExecutionError as err:
         result.error = {"cell": err.exec_count, "source": shorten(err.source),
                         "ename": err.ename, "evalue": err.evalue}
+    except (StopRequested, KeyboardInterrupt) as err:
+        interrupt = err
+        name = signal_name(err.signum) if isinstance(err, StopRequested) else "SIGINT"
+        result.status = "stopped"
+        result.error = {"cell": None, "source": None, "ename": "Stopped",
+                        "evalue": f"stopped by {name} after {time.perf_counter() - start:.1f} s; "
+                                  "the kernel was shut down"}
     except Exception as err:  # timeouts, dead kernels, ...
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        result.error = {"cell": None, "source": None, "ename": type(err).__name__,
-                        "evalue": first_line}
+        if isinstance(err, TimeoutError) and limits.expired():
+            result.status = "timeout"
+            result.error = {"cell": None, "source": None, "ename": "NotebookTimeout",
+                            "evalue": f"ran past its time limit of {notebook_timeout_s:g} s "
+                                      "(--notebook-timeout) and was stopped"}
+        else:
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            result.error = {"cell": None, "source": None, "ename": type(err).__name__,
+                            "evalue": first_line}
+    finally:
+        kill_kernels(managers)
     result.duration_s = round(time.perf_counter() - start, 3)
 
+    failed_log = out_dir / f"{stem}{FAILED_SUFFIX}.kernel.log"
     if result.status != "ok" and kernel_log.exists() and kernel_log.stat().st_size > 0:
-        os.replace(kernel_log, out_dir / f"{stem}.kernel.log")
-        result.kernel_log = f"{stem}.kernel.log"
+        os.replace(kernel_log, failed_log)
+        result.kernel_log = failed_log.name
     else:
         kernel_log.unlink(missing_ok=True)
+    executed = None
     if running.exists():
-        executed = nbformat.read(running, as_version=4)
+        try:
+            executed = nbformat.read(running, as_version=4)
+        except Exception as err:  # cut short while papermill wrote it
+            print(f"  could not read the partial notebook: {type(err).__name__}: {err}",
+                  file=log)
+    if executed is None and result.status != "ok":
+        executed = nb  # the source as given, so that the failure is still on record
+    if executed is not None:
         if result.error is not None and result.error["source"] is None:
             cell = _failed_cell(executed)
             if cell is not None:
                 result.error.update(cell=cell["cell"], source=cell["source"])
         executed.metadata.setdefault("papermill", {})["input_path"] = str(source)
         result.headline = collect_headlines(executed)
-        _atomic_write(final_ipynb, nbformat.writes(executed))
-        running.unlink()
-        result.ipynb = final_ipynb.name
-        try:
-            _atomic_write(final_html, _render_html(executed))
-            result.html = final_html.name
-        except Exception as err:
-            print(f"  could not render {final_html.name}: {type(err).__name__}: {err}",
-                  file=log)
-    result.finished = _now()
+        _finish(result, executed, out_dir, stem, log)
+    running.unlink(missing_ok=True)
+    result.finished = now()
+    if isinstance(interrupt, KeyboardInterrupt):  # not under run_reports: pass Ctrl-C on
+        raise interrupt
     return result
 
 
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+def run_notebook(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    scale: str = "default",
+    parameters: dict | None = None,
+    cell_timeout: int | None = None,
+    log: TextIO | None = None,
+    notebook_timeout="scale",
+) -> NotebookResult:
+    """Execute one notebook source into `out_dir` and render its HTML; never raises for a
+    failing notebook (the result says ``failed``/``timeout`` and carries the error).
+
+    `notebook_timeout`: seconds the whole notebook may run ("scale": NOTEBOOK_TIMEOUT_S of
+    `scale`; None: no limit). The report ``<stem>.ipynb``/``.html`` is replaced only when
+    the notebook succeeds; otherwise ``<stem>.failed.*`` is written beside it. A
+    KeyboardInterrupt shuts the kernel down, keeps the partial report and is re-raised.
+    """
+    timeout_s = resolve_notebook_timeout(notebook_timeout, scale)
+    if cell_timeout is not None and (
+        isinstance(cell_timeout, bool) or not isinstance(cell_timeout, Integral)
+        or cell_timeout < 1
+    ):
+        raise ValueError(f"cell_timeout must be None or an integer >= 1 (s), got {cell_timeout!r}")
+    out = check_out_dir(out_dir)
+    log = sys.stderr if log is None else log
+    return _execute(Path(source).resolve(), out, scale, dict(parameters or {}), cell_timeout,
+                    timeout_s, log, Stopper())
+
+
+# --------------------------------------------------------------------------- many notebooks
 
 
 def _print_failure(result: NotebookResult, out_dir: Path, log: TextIO) -> None:
     err = result.error or {}
     where = f"cell In [{err['cell']}]" if err.get("cell") is not None else "cell"
     if err.get("source"):
-        print(f"  failing {where}:", file=log)
+        print(f"  {'failing' if result.status == 'failed' else 'running'} {where}:", file=log)
         for line in err["source"].splitlines():
             print(f"    {line}", file=log)
     print(f"  {err.get('ename')}: {err.get('evalue')}", file=log)
     if result.html:
         print(f"  partial report: {out_dir / result.html}", file=log)
+    if result.last_ok:
+        kept = result.last_ok.get("html") or result.last_ok.get("ipynb")
+        print(f"  last good report kept: {out_dir / kept}", file=log)
     if result.kernel_log:
         print(f"  kernel log: {out_dir / result.kernel_log}", file=log)
 
@@ -498,41 +504,56 @@ def run_reports(
     parameters: dict | None = None,
     cell_timeout: int | None = None,
     log: TextIO | None = None,
+    notebook_timeout="scale",
 ) -> list[NotebookResult]:
-    """Run every notebook in `sources` in order, then write index.html and summary.json.
+    """Run every notebook in `sources` in order; index.html and summary.json are written
+    after each one. Returns this run's results.
 
-    A failing notebook does not stop the others. Progress and failures go to `log`
-    (default stderr). Entries of an earlier run at the same scale in `out_dir` for
-    notebooks not run now are kept in the index. Returns this run's results.
+    Everything is checked first (`check_run`, ValueError): nothing runs and no file is
+    touched if any notebook would fail its checks. A failing notebook does not stop the
+    others. SIGINT/SIGTERM (main thread) stop the run cleanly: the running notebook's
+    kernel is shut down and its partial report kept, the index is written with the run
+    marked stopped, and StopRequested (signum, results) is raised. Progress and failures
+    go to `log` (default stderr). Entries of an earlier run at the same scale in
+    `out_dir` for notebooks not run now are kept in the index.
     """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
-    if cell_timeout is not None and (
-        isinstance(cell_timeout, bool) or not isinstance(cell_timeout, Integral)
-        or cell_timeout < 1
-    ):
-        raise ValueError(f"cell_timeout must be None or an integer >= 1 (s), got {cell_timeout!r}")
+    sources = check_run(sources, out_dir, scale, parameters, cell_timeout, notebook_timeout)
+    timeout_s = resolve_notebook_timeout(notebook_timeout, scale)
     parameters = dict(parameters or {})
-    clash = [p for p in RUNNER_PARAMETERS if p in parameters]
-    if clash:
-        raise ValueError(f"parameters {clash} are set by the runner; use scale= / --scale")
-    sources = [Path(s) for s in sources]
-    if not sources:
-        raise ValueError("no notebooks to run")
     log = sys.stderr if log is None else log
-    out = Path(out_dir).resolve()
+    out = check_out_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results: list[NotebookResult] = []
+    stopper = Stopper()
+    stopper.install()
     t0 = time.perf_counter()
-    for i, src in enumerate(sources, 1):
-        tag = f"[{i}/{len(sources)}] {src.stem}"
-        print(f"{tag}: running (scale={scale}) ...", file=log, flush=True)
-        res = run_notebook(src, out, scale, parameters, cell_timeout, log)
-        print(f"{tag}: {res.status} in {res.duration_s:.1f} s "
-              f"(elapsed {time.perf_counter() - t0:.1f} s)", file=log, flush=True)
-        if res.status != "ok":
-            _print_failure(res, out, log)
-        results.append(res)
-    write_index(results, out, scale)
+    try:
+        for i, src in enumerate(sources, 1):
+            if stopper.signum is not None:
+                break
+            tag = f"[{i}/{len(sources)}] {src.stem}"
+            print(f"{tag}: running (scale={scale}) ...", file=log, flush=True)
+            res = _execute(src.resolve(), out, scale, parameters, cell_timeout, timeout_s,
+                           log, stopper)
+            print(f"{tag}: {res.status} in {res.duration_s:.1f} s "
+                  f"(elapsed {time.perf_counter() - t0:.1f} s)", file=log, flush=True)
+            if res.status != "ok":
+                _print_failure(res, out, log)
+            results.append(res)
+            state = "running" if i < len(sources) else "finished"
+            write_index(results, out, scale,
+                        {"state": state, "done": i, "selected": len(sources)})
+        if stopper.signum is not None:
+            name = signal_name(stopper.signum)
+            not_run = [s.stem for s in sources[len(results):]]
+            write_index(results, out, scale, {"state": "stopped", "signal": name,
+                                              "done": len(results),
+                                              "selected": len(sources), "not_run": not_run})
+            print(f"stopped by {name} after {len(results)} of {len(sources)} notebook(s); "
+                  f"index: {out / 'index.html'}", file=log, flush=True)
+            raise StopRequested(stopper.signum, results)
+    finally:
+        stopper.restore()
     n_failed = sum(r.status != "ok" for r in results)
     print(f"{len(results)} notebook(s): {len(results) - n_failed} ok, {n_failed} failed "
           f"in {time.perf_counter() - t0:.1f} s; index: {out / 'index.html'}", file=log,
@@ -540,86 +561,17 @@ def run_reports(
     return results
 
 
-# --------------------------------------------------------------------------- index
-
-
-def write_index(results, out_dir: str | os.PathLike, scale: str) -> list[dict]:
-    """Write summary.json and index.html for `results`, merged with the entries of an
-    earlier summary.json at the same scale for other notebooks. Returns the entries."""
-    out = Path(out_dir)
-    entries = {r.name: asdict(r) for r in results}
-    summary_path = out / "summary.json"
-    if summary_path.exists():
-        try:
-            old = json.loads(summary_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
-        if isinstance(old, dict) and old.get("scale") == scale:
-            for entry in old.get("notebooks", []):
-                if isinstance(entry, dict) and {"name", "status", "duration_s"} <= set(entry):
-                    entries.setdefault(entry["name"], entry)
-    rows = [entries[k] for k in sorted(entries)]
-    summary = {"scale": scale, "generated": _now(), "notebooks": rows}
-    _atomic_write(summary_path, json.dumps(summary, indent=2, default=repr) + "\n")
-    _atomic_write(out / "index.html", render_index(rows, scale))
-    return rows
-
-
-_INDEX_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-.ok { color: #176317; font-weight: bold; }
-.failed { color: #b00020; font-weight: bold; }
-td.num { text-align: right; }
-ul { margin: 0; padding-left: 1.2em; }
-pre { margin: 0; white-space: pre-wrap; }
-"""
-
-
-def render_index(entries, scale: str) -> str:
-    """The index page: one row per notebook entry (dicts as in summary.json)."""
-    esc = html.escape
-    rows = []
-    for e in entries:
-        name = esc(e["name"])
-        link = f'<a href="{esc(e["html"])}">{name}</a>' if e.get("html") else name
-        if e.get("ipynb"):
-            link += f' <small>(<a href="{esc(e["ipynb"])}">ipynb</a>)</small>'
-        figures = "".join(
-            f"<li>{esc(str(k))}: <b>{esc(format_value(v))}</b></li>"
-            for k, v in (e.get("headline") or {}).items()
-        )
-        err = e.get("error")
-        error = ""
-        if err:
-            where = f"In [{err['cell']}]: " if err.get("cell") is not None else ""
-            message = f"{where}{err.get('ename')}: {err.get('evalue')}"
-            error = f"<pre>{esc(message)}</pre>"
-        status = esc(e["status"])
-        rows.append(
-            f"<tr><td>{link}</td><td class=\"{status}\">{status}</td>"
-            f"<td class=\"num\">{e['duration_s']:.1f}</td>"
-            f"<td>{'<ul>' + figures + '</ul>' if figures else ''}</td><td>{error}</td></tr>"
-        )
-    n_ok = sum(e["status"] == "ok" for e in entries)
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        f"<title>kdlib report ({esc(scale)})</title><style>{_INDEX_CSS}</style></head><body>\n"
-        f"<h1>kdlib report: scale {esc(scale)}</h1>\n"
-        f"<p>{n_ok} of {len(entries)} notebooks ok. Generated {esc(_now())}.</p>\n"
-        "<table><thead><tr><th>notebook</th><th>status</th><th>duration (s)</th>"
-        "<th>headline figures</th><th>error</th></tr></thead><tbody>\n"
-        + "\n".join(rows)
-        + "\n</tbody></table>\n</body></html>\n"
-    )
-
-
 __all__ = [
+    "FAILED_SUFFIX",
     "HEADLINE_MIMETYPE",
+    "KERNEL_MPLBACKEND",
+    "MAX_STRING_FIGURE",
+    "NOTEBOOK_TIMEOUT_S",
     "NotebookResult",
+    "StopRequested",
+    "check_out_dir",
     "check_parameters",
+    "check_run",
     "collect_headlines",
     "declared_parameters",
     "find_notebooks",
@@ -628,6 +580,7 @@ __all__ = [
     "headline_bundle",
     "parse_parameter",
     "render_index",
+    "resolve_notebook_timeout",
     "run_notebook",
     "run_reports",
     "write_index",

@@ -1,8 +1,11 @@
 """The report runner (kdlib.report, `python -m kdlib report`) and the scale presets.
 
-Real kernels are slow, so the runner is executed twice in all (module-scoped fixtures):
-once over three tiny notebooks, once more with -p overrides, selection by number and by
-path, and a per-cell timeout. Every other test inspects those outputs or needs no kernel.
+Real kernels are slow (seconds each), so the runner is executed three times in all
+(module-scoped fixtures, 7 kernels): over three tiny notebooks, into a folder holding an
+earlier good report of the one that raises; again with -p overrides, selection by number
+and by path, and a per-cell timeout; and once under a notebook timeout, stopped by
+SIGTERM while its second notebook sleeps. Every other test inspects those outputs or
+needs no kernel.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jupytext
@@ -22,8 +27,9 @@ import numpy as np
 import pytest
 import torch
 
+from kdlib import headline as headline_module
 from kdlib import presets, report
-from kdlib.__main__ import main
+from kdlib.__main__ import build_parser, main
 
 NOTEBOOKS = {
     "00_headline": '''
@@ -38,7 +44,7 @@ NOTEBOOKS = {
         import os
         import sys
 
-        from kdlib.report import headline
+        from kdlib.headline import headline
 
         print(f"scale={SCALE} interactive={INTERACTIVE}")
         print(f"python={sys.executable}")
@@ -90,6 +96,7 @@ SLOW_NOTEBOOK = '''
 '''
 
 CELL_TIMEOUT_S = 3
+OLD_GOOD_HTML = "<!DOCTYPE html><html><body>OLD GOOD REPORT</body></html>"
 
 
 def _write(path: Path, text: str) -> Path:
@@ -129,8 +136,17 @@ def run(tmp_path_factory, env):
     for stem, text in NOTEBOOKS.items():
         _write(root / "notebooks" / f"{stem}.py", text)
     _write(root / "notebooks" / "helper.py", "x = 1\n")  # not NN_*.py: not selected
+    out = root / "out"
+    # an earlier good report of the notebook that now raises, and a stale failure of one
+    # that now succeeds
+    _write(out / "01_raises.html", OLD_GOOD_HTML)
+    _write(out / "01_raises.ipynb", nbformat.writes(nbformat.v4.new_notebook()))
+    _write(out / "00_headline.failed.html", "<!DOCTYPE html>stale failure")
+    _write(out / "summary.json", json.dumps({"scale": "smoke", "notebooks": [
+        {"name": "01_raises", "status": "ok", "duration_s": 1.0, "html": "01_raises.html",
+         "ipynb": "01_raises.ipynb"}]}))
     proc = _run_cli(["--scale", "smoke", "--out", "out"], cwd=root, env=env)
-    return root, root / "out", proc
+    return root, out, proc
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +163,78 @@ def rerun(run, env):
         cwd=root, env=env,
     )
     return root, out2, proc
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+HANGS_NOTEBOOK = '''
+    # %% tags=["parameters"]
+    SCALE = "default"
+    INTERACTIVE = True
+
+    # %%
+    print("before the hang")
+
+    # %%
+    import time
+    time.sleep(120)
+'''
+
+SLEEPER_NOTEBOOK = '''
+    # %% tags=["parameters"]
+    SCALE = "default"
+    INTERACTIVE = True
+
+    # %%
+    import os
+    import pathlib
+    print("sleeping")
+    pathlib.Path({pidfile!r}).write_text(str(os.getpid()))
+
+    # %%
+    import time
+    time.sleep(120)
+'''
+
+NOTEBOOK_TIMEOUT_S = 5
+
+
+@pytest.fixture(scope="module")
+def stopped(run, env):
+    """A real `python -m kdlib report` into a copy of the first output, under a 5 s
+    notebook timeout: 04_hangs times out, then 02_params (a sleeping version of it, with
+    a good report in the folder) gets SIGTERM while it sleeps."""
+    root, out, _ = run
+    out3 = root / "out3"
+    shutil.copytree(out, out3)
+    before = _snapshot(out3)
+    pidfile = root / "kernel.pid"
+    hangs = _write(root / "extra3" / "04_hangs.py", HANGS_NOTEBOOK)
+    sleeper = _write(root / "extra3" / "02_params.py",
+                     SLEEPER_NOTEBOOK.format(pidfile=str(pidfile)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdlib", "report", "--scale", "smoke", "--out", "out3",
+         "--notebook-timeout", str(NOTEBOOK_TIMEOUT_S), str(hangs), str(sleeper)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not pidfile.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # into the sleeping cell
+    t_signal = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    stop_s = time.monotonic() - t_signal
+    kernel_pid = int(pidfile.read_text()) if pidfile.exists() else None
+    return out3, before, proc.returncode, stderr, stop_s, kernel_pid
 
 
 def _stream_text(nb) -> str:
@@ -171,12 +259,17 @@ def _entry(out: Path, name: str) -> dict:
 def test_each_notebook_writes_ipynb_and_html(run):
     _, out, _ = run
     for stem in NOTEBOOKS:
-        nb = nbformat.read(out / f"{stem}.ipynb", as_version=4)
+        name = f"{stem}.failed" if stem == "01_raises" else stem
+        nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
         assert nb.metadata["kernelspec"]["name"] == "python3"
-        assert (out / f"{stem}.html").read_text().lstrip().lower().startswith("<!doctype html")
+        assert (out / f"{name}.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert not (out / "helper.html").exists()
-    # no temporary or in-progress files left behind
+    # no temporary or in-progress files left behind; a success removes a stale failure
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert not (out / "00_headline.failed.html").exists()
+    assert not (out / "02_params.failed.html").exists()
+    for path in out.iterdir():  # readable by others, as files written with open() are
+        assert path.stat().st_mode & 0o777 == 0o666 & ~_umask(), path
 
 
 def test_exit_code_and_progress_on_stderr(run):
@@ -214,7 +307,8 @@ def test_headline_figures_in_summary_and_index(run):
     assert ok["error"] is None
     index = (out / "index.html").read_text()
     for stem in NOTEBOOKS:
-        assert f'<a href="{stem}.html">{stem}</a>' in index
+        page = f"{stem}.failed.html" if stem == "01_raises" else f"{stem}.html"
+        assert f'<a href="{page}">{stem}</a>' in index
     assert "accuracy: <b>0.97</b>" in index
     assert "ECE (teacher): <b>0.12</b>" in index
     assert index.count('class="ok">ok<') == 2
@@ -225,22 +319,32 @@ def test_headline_figures_in_summary_and_index(run):
 
 def test_failing_notebook_is_partial_and_others_still_run(run):
     _, out, proc = run
-    nb = nbformat.read(out / "01_raises.ipynb", as_version=4)
+    nb = nbformat.read(out / "01_raises.failed.ipynb", as_version=4)
     text = _stream_text(nb)
     assert "before the failure" in text
     assert "never printed" not in text
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert [(e.ename, e.evalue) for e in errors] == [("RuntimeError", "boom from cell two 42")]
-    assert "boom from cell two 42" in (out / "01_raises.html").read_text()
+    assert nb.cells[0].cell_type == "markdown"
+    assert nb.cells[0].source.startswith("**Partial report: the notebook failed in cell In [")
+    assert "01_raises.html" in nb.cells[0].source  # names the good report kept beside
+    page = (out / "01_raises.failed.html").read_text()
+    assert "boom from cell two 42" in page and "Partial report" in page
     entry = _entry(out, "01_raises")
     assert entry["status"] == "failed"
     assert entry["error"]["ename"] == "RuntimeError"
     assert entry["error"]["evalue"] == "boom from cell two 42"
     assert "raise RuntimeError" in entry["error"]["source"]
-    assert entry["html"] == "01_raises.html"
+    assert entry["html"] == "01_raises.failed.html"
+    assert entry["ipynb"] == "01_raises.failed.ipynb"
+    assert "01_raises.failed.html" in proc.stderr
     # stderr names the failing cell (its source) and the error
     assert 'raise RuntimeError(f"boom from cell two {value + 1}")' in proc.stderr
     assert "RuntimeError: boom from cell two 42" in proc.stderr
+    # the earlier good report is untouched and linked from the index
+    assert (out / "01_raises.html").read_text() == OLD_GOOD_HTML
+    assert entry["last_ok"] == {"html": "01_raises.html", "ipynb": "01_raises.ipynb"}
+    assert 'last ok report: <a href="01_raises.html">' in (out / "index.html").read_text()
     # the notebook after the failing one ran
     assert "epochs*2=6 model=mlp scale=smoke" in _stream_text(
         nbformat.read(out / "02_params.ipynb", as_version=4)
@@ -264,8 +368,8 @@ def test_overrides_selection_and_timeout(rerun):
     assert slow["error"]["ename"] == "CellTimeoutError"
     assert "time.sleep(120)" in slow["error"]["source"]
     assert slow["duration_s"] < 100  # stopped by the timeout, not by the sleep ending
-    assert "started" in _stream_text(nbformat.read(out / "03_sleeps.ipynb", as_version=4))
-    assert (out / "03_sleeps.html").exists()
+    assert "started" in _stream_text(nbformat.read(out / "03_sleeps.failed.ipynb", as_version=4))
+    assert (out / "03_sleeps.failed.html").exists() and not (out / "03_sleeps.html").exists()
     assert "time.sleep(120)" in proc.stderr and "CellTimeoutError" in proc.stderr
 
 
@@ -275,7 +379,65 @@ def test_index_keeps_earlier_entries_of_the_same_scale(rerun):
     assert [e["name"] for e in summary["notebooks"]] == [*NOTEBOOKS, "03_sleeps"]
     assert _entry(out, "00_headline")["headline"]["accuracy"] == 0.97
     index = (out / "index.html").read_text()
-    assert "accuracy: <b>0.97</b>" in index and "03_sleeps.html" in index
+    assert "accuracy: <b>0.97</b>" in index and "03_sleeps.failed.html" in index
+
+
+# --------------------------------------------------------------------------- stopped run
+
+
+def test_notebook_timeout_stops_a_hanging_notebook_with_a_clear_message(stopped):
+    out, _, _, stderr, _, _ = stopped
+    entry = _entry(out, "04_hangs")
+    assert entry["status"] == "timeout"
+    assert entry["notebook_timeout_s"] == NOTEBOOK_TIMEOUT_S
+    assert entry["error"]["ename"] == "NotebookTimeout"
+    assert f"time limit of {NOTEBOOK_TIMEOUT_S} s" in entry["error"]["evalue"]
+    assert "time.sleep(120)" in entry["error"]["source"]  # the cell it hung in
+    assert NOTEBOOK_TIMEOUT_S <= entry["duration_s"] < 60
+    assert entry["ipynb"] == "04_hangs.failed.ipynb" and entry["last_ok"] is None
+    nb = nbformat.read(out / "04_hangs.failed.ipynb", as_version=4)
+    assert "before the hang" in _stream_text(nb)
+    assert "ran past its time limit" in nb.cells[0].source
+    assert "ran past its time limit" in (out / "04_hangs.failed.html").read_text()
+    assert "NotebookTimeout: ran past its time limit of 5 s" in (out / "index.html").read_text()
+    assert "04_hangs: timeout" in stderr and "NotebookTimeout" in stderr
+
+
+def test_sigterm_keeps_old_reports_and_writes_the_index(stopped):
+    out, before, returncode, stderr, stop_s, kernel_pid = stopped
+    assert returncode == 128 + signal.SIGTERM, stderr
+    assert stop_s < 60
+    assert kernel_pid is not None, stderr
+    # the sleeping notebook's kernel is gone (or a zombie awaiting its reaper)
+    stat = Path(f"/proc/{kernel_pid}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    # every earlier report is byte for byte as it was
+    after = _snapshot(out)
+    for name, data in before.items():
+        if name not in ("index.html", "summary.json"):
+            assert after[name] == data, name
+    assert sorted(p for p in after if p.startswith(".")) == []  # no hidden partial files
+    new = {"02_params.failed.html", "02_params.failed.ipynb", "04_hangs.failed.html",
+           "04_hangs.failed.ipynb"}
+    assert new <= set(after) and set(after) - set(before) - new <= {
+        "02_params.failed.kernel.log", "04_hangs.failed.kernel.log"}
+    summary = _summary(out)
+    assert summary["run"]["state"] == "stopped" and summary["run"]["signal"] == "SIGTERM"
+    assert summary["run"]["not_run"] == []
+    entry = _entry(out, "02_params")
+    assert entry["status"] == "stopped" and entry["error"]["ename"] == "Stopped"
+    assert "SIGTERM" in entry["error"]["evalue"]
+    assert "time.sleep(120)" in entry["error"]["source"]
+    assert entry["last_ok"] == {"html": "02_params.html", "ipynb": "02_params.ipynb"}
+    partial = nbformat.read(out / "02_params.failed.ipynb", as_version=4)
+    assert "sleeping" in _stream_text(partial)
+    assert "stopped by SIGTERM" in (out / "02_params.failed.html").read_text()
+    # entries of notebooks not run now are kept
+    assert _entry(out, "00_headline")["headline"]["accuracy"] == 0.97
+    index = (out / "index.html").read_text()
+    assert "Run stopped by SIGTERM" in index and 'class="stopped">stopped<' in index
+    assert 'class="timeout">timeout<' in index
+    assert "stopped by SIGTERM after 2 of 2 notebook(s)" in stderr
 
 
 # --------------------------------------------------------------------------- no kernel
@@ -289,16 +451,30 @@ def notebooks_dir(tmp_path):
 
 
 def test_undeclared_parameter_fails_before_execution(notebooks_dir, tmp_path, capsys):
-    rc = main(["report", "--out", str(tmp_path / "out"), "--notebooks-dir",
-               str(notebooks_dir), "-p", "BOGUS=1", "00"])
-    assert rc == 1
+    rc = None
+    with pytest.raises(SystemExit) as exc:
+        rc = main(["report", "--out", str(tmp_path / "out"), "--notebooks-dir",
+                   str(notebooks_dir), "-p", "BOGUS=1", "00"])
+    assert rc is None and exc.value.code == 2
     err = capsys.readouterr().err
     assert "['BOGUS']" in err and "declared: ['SCALE', 'INTERACTIVE']" in err
-    entry = _entry(tmp_path / "out", "00_headline")
-    assert entry["status"] == "failed" and entry["ipynb"] is None and entry["html"] is None
-    assert "BOGUS" in entry["error"]["evalue"]
-    assert not (tmp_path / "out" / "00_headline.ipynb").exists()
-    assert "BOGUS" in (tmp_path / "out" / "index.html").read_text()
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_invalid_rerun_leaves_old_reports_and_index_intact(run, capsys):
+    """02_params declares EPOCHS, 00_headline does not: nothing runs, nothing changes."""
+    root, out, _ = run
+    before = _snapshot(out)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--scale", "smoke", "--out", str(out), "--notebooks-dir",
+              str(root / "notebooks"), "-p", "EPOCHS=5", "2", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing was run" in err
+    assert "00_headline: parameter(s) ['EPOCHS'] not declared" in err
+    assert "02_params" not in err  # it declares EPOCHS
+    assert _snapshot(out) == before
 
 
 def test_declared_parameters_reads_the_parameters_cell():
@@ -349,18 +525,40 @@ def test_find_notebooks_by_stem_number_and_path(notebooks_dir, tmp_path):
         report.find_notebooks((), tmp_path / "empty")
 
 
-def test_cli_usage_errors_exit_2(notebooks_dir, capsys):
+def test_cli_usage_errors_exit_2(notebooks_dir, tmp_path, capsys):
+    a_file = _write(tmp_path / "taken.txt", "not a folder\n")
     for argv, message in [
         (["-p", "SCALE=paper"], "runner sets ['SCALE', 'INTERACTIVE']"),
         (["-p", "EPOCHS"], "NAME=VALUE"),
         (["42"], "no notebook '42'"),
         (["--scale", "huge"], "invalid choice: 'huge'"),
         (["--cell-timeout", "0"], "must be >= 1 second"),
+        (["--notebook-timeout", "0"], "must be > 0 seconds"),
+        (["--notebook-timeout", "soon"], "number of seconds, 'none' or 'scale'"),
+        (["--out", str(a_file)], f"--out: output folder {str(a_file)!r} is not a folder"),
+        (["--out", str(a_file / "sub")], "above it is a file"),
     ]:
         with pytest.raises(SystemExit) as exc:
             main(["report", "--notebooks-dir", str(notebooks_dir), *argv])
-        assert exc.value.code == 2
-        assert message in capsys.readouterr().err
+        assert exc.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert err.count("\n") == 1 and err.startswith("kdlib report: error: "), err
+    assert a_file.read_text() == "not a folder\n"
+
+
+def test_notebook_timeout_defaults_per_scale():
+    assert report.NOTEBOOK_TIMEOUT_S == {"smoke": 600, "default": 3600, "paper": 604800}
+    assert report.resolve_notebook_timeout("scale", "smoke") == 600.0
+    assert report.resolve_notebook_timeout(None, "paper") is None
+    assert report.resolve_notebook_timeout(2.5, "default") == 2.5
+    for bad in [0, -1, True, "10", math.nan]:
+        with pytest.raises(ValueError, match="notebook_timeout must be"):
+            report.resolve_notebook_timeout(bad, "smoke")
+    args = build_parser().parse_args
+    assert args(["report"]).notebook_timeout == "scale"
+    assert args(["report", "--notebook-timeout", "none"]).notebook_timeout is None
+    assert args(["report", "--notebook-timeout", "90"]).notebook_timeout == 90.0
 
 
 def test_help_explains_scales(capsys):
@@ -400,6 +598,13 @@ def test_run_reports_validates_inputs(tmp_path):
         report.run_reports(["x.py"], tmp_path, cell_timeout=0)
     with pytest.raises(ValueError, match="no notebooks"):
         report.run_reports([], tmp_path)
+    with pytest.raises(ValueError, match="notebook_timeout"):
+        report.run_reports(["x.py"], tmp_path, notebook_timeout=0)
+    with pytest.raises(ValueError, match="is not a folder"):
+        report.run_reports(["x.py"], _write(tmp_path / "f", "x"))
+    with pytest.raises(ValueError, match=r"nothing was run: x: .*No such file"):
+        report.run_reports([tmp_path / "x.py"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- headline
@@ -439,6 +644,15 @@ def test_headline_bundle_values_and_renderings():
 def test_headline_rejects_bad_figures(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         report.headline_bundle(*args, **kwargs)
+
+
+def test_headline_lives_in_its_own_module_and_report_reexports_it():
+    assert report.headline is headline_module.headline
+    assert report.HEADLINE_MIMETYPE == headline_module.HEADLINE_MIMETYPE
+    code = ("import sys, kdlib.headline; "
+            "print(any(m.startswith('kdlib.report') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_headline_outside_ipython_prints_text(capsys):
