@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from kdlib.published import load_published  # imports kdlib.models only when called
+
 from .mlp import MLP
 from .mobilenetv2 import MobileNetV2
 from .names import ModelSpec, available_models, parse_model_name
@@ -35,6 +37,7 @@ __all__ = [
     "available_models",
     "build_model",
     "count_parameters",
+    "load_published",
     "parse_model_name",
 ]
 
