@@ -377,9 +377,10 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
     running.unlink(missing_ok=True)  # left by a run that was killed outright
     limits = Limits(cell_timeout, notebook_timeout_s)
     managers: list = []
-    interrupt = None
+    interrupt, entered = None, False
     try:
         with open(kernel_log, "w", encoding="utf-8") as klog, stopper.executing():
+            entered = True
             limits.start()
             papermill.execute_notebook(
                 nb,
@@ -405,7 +406,7 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
                         "evalue": f"stopped by {name} after {time.perf_counter() - start:.1f} s; "
                                   "the kernel was shut down"}
     except Exception as err:  # timeouts, dead kernels, ...
-        if isinstance(err, TimeoutError) and limits.expired():
+        if isinstance(err, TimeoutError) and limits.binding == "notebook" and limits.expired():
             result.status = "timeout"
             result.error = {"cell": None, "source": None, "ename": "NotebookTimeout",
                             "evalue": f"ran past its time limit of {notebook_timeout_s:g} s "
@@ -431,7 +432,7 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
         except Exception as err:  # cut short while papermill wrote it
             print(f"  could not read the partial notebook: {type(err).__name__}: {err}",
                   file=log)
-    if executed is None and result.status != "ok":
+    if executed is None and result.status != "ok" and entered:
         executed = nb  # the source as given, so that the failure is still on record
     if executed is not None:
         if result.error is not None and result.error["source"] is None:
@@ -460,10 +461,11 @@ def run_notebook(
     """Execute one notebook source into `out_dir` and render its HTML; never raises for a
     failing notebook (the result says ``failed``/``timeout`` and carries the error).
 
-    `notebook_timeout`: seconds the whole notebook may run ("scale": NOTEBOOK_TIMEOUT_S of
-    `scale`; None: no limit). The report ``<stem>.ipynb``/``.html`` is replaced only when
-    the notebook succeeds; otherwise ``<stem>.failed.*`` is written beside it. A
-    KeyboardInterrupt shuts the kernel down, keeps the partial report and is re-raised.
+    `notebook_timeout`: seconds the whole notebook may run, kernel start included
+    ("scale": NOTEBOOK_TIMEOUT_S of `scale`; None: no limit). The report
+    ``<stem>.ipynb``/``.html`` is replaced only when the notebook succeeds; otherwise
+    ``<stem>.failed.*`` is written beside it. A KeyboardInterrupt shuts the kernel down,
+    keeps the partial report and is re-raised.
     """
     timeout_s = resolve_notebook_timeout(notebook_timeout, scale)
     if cell_timeout is not None and (
