@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from kdlib._validate import check_fraction, check_int
+from kdlib._validate import check_choice, check_fraction, check_int
 from kdlib.devices import autocast, resolve_device
 from kdlib.distillers import full_precision, make_distiller
 from kdlib.losses import check_temperature, stacked_kd_dist
@@ -258,6 +258,7 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
         raise ValueError("a student is the teacher module itself; distil into separate models")
     specs = [_check_spec(i, spec) for i, spec in enumerate(specs)]
     check_callback(step_callback, "step_callback")
+    check_choice(mode, "mode", STACK_MODES)
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
     flags = [p.requires_grad for p in teacher.parameters()]

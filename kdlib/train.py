@@ -63,11 +63,12 @@ class DivergenceGuard:
     guard.step(loss, step)    # every step; loss: 0-d tensor or a K-vector (stacked members)
     guard.end_epoch()         # once per epoch, before the epoch's checkpoint is written
 
-    CPU (deferred=False): each step's loss is tested at once (a CPU tensor: no device sync,
-    about a microsecond); the error comes before that step's backward pass, so the model
-    keeps the last finite weights. Other devices (deferred=True, the default off the CPU):
-    to avoid one host sync per step, the first non-finite step and its loss are recorded on
-    the device (three tiny kernels, no sync) and read once per epoch in end_epoch(); the
+    CPU (deferred=False): each step's loss is tested at once (a CPU tensor read as Python
+    floats: no device sync, about 2 microseconds against steps of milliseconds); the error
+    comes before that step's backward pass, so the model keeps the last finite weights.
+    Other devices (deferred=True, the default off the CPU): to avoid one host sync per
+    step, the first non-finite step and its loss are recorded on the device (a few tiny
+    kernels, no sync) and read once per epoch in end_epoch(); the
     error still names the exact step, but comes at the end of its epoch (the weights are
     then non-finite) and before that epoch's state.pt is written, so a resume restarts from
     the last good epoch. `step` is the 0-based global step index, as passed to on_step.
@@ -84,8 +85,8 @@ class DivergenceGuard:
 
     def step(self, loss: torch.Tensor, step: int) -> None:
         loss = loss.detach()
-        if not self.deferred:
-            if not bool(torch.isfinite(loss).all()):
+        if not self.deferred:  # .tolist() of a few CPU floats: ~2 us, a tensor op ~25 us
+            if not all(map(math.isfinite, loss.reshape(-1).tolist())):
                 self._raise(step, loss)
             return
         bad = ~torch.isfinite(loss).all()
@@ -215,6 +216,8 @@ def check_classes(model, dd: DeviceData, role: str) -> None:
 @torch.no_grad()
 def predict_logits(model, data, device="auto", batch_size: int = 1024) -> torch.Tensor:
     """Logits of `model` (eval mode) on the unaugmented test split: N x C float32, on CPU."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
