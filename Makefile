@@ -9,12 +9,22 @@ STAMP   = $(VENV)/.kdlib-installed
 SCALE  ?= default
 OUT    ?= reports
 
-.PHONY: test report lab lint bench install clean
+.PHONY: test report lab lint bench install clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# The browser tests drive Debian's Chromium (no browser download): installed when missing,
+# as root (CI); checked on every install, a no-op once it is there.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "warning: /usr/bin/chromium missing; install it (apt-get install chromium)" \
+	    "or set KDLIB_SKIP_BROWSER=1 to skip the browser tests" >&2; fi; \
+	fi
+
+$(STAMP): pyproject.toml | $(PY) chromium
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev,dask]"

@@ -45,7 +45,7 @@ for p in cfg["pairs"]:
 # ## Run (or resume) the sweep
 
 # %%
-df = ts.run(cfg, SCALE)
+df = ts.run(cfg, SCALE, progress=INTERACTIVE)  # no progress widgets in reports
 ct = cfg["calibration_teachers"]
 is_fig4 = df["pair"].str.contains("teacher@") if len(df) else df["pair"]
 sweep_df, fig4_df = df[~is_fig4], df[is_fig4]
