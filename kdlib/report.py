@@ -381,7 +381,6 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
     try:
         with open(kernel_log, "w", encoding="utf-8") as klog, stopper.executing():
             entered = True
-            limits.start()
             papermill.execute_notebook(
                 nb,
                 str(running),
@@ -461,8 +460,8 @@ def run_notebook(
     """Execute one notebook source into `out_dir` and render its HTML; never raises for a
     failing notebook (the result says ``failed``/``timeout`` and carries the error).
 
-    `notebook_timeout`: seconds the whole notebook may run, kernel start included
-    ("scale": NOTEBOOK_TIMEOUT_S of `scale`; None: no limit). The report
+    `notebook_timeout`: seconds the notebook's cells may run in all, from the first
+    cell's start ("scale": NOTEBOOK_TIMEOUT_S of `scale`; None: no limit). The report
     ``<stem>.ipynb``/``.html`` is replaced only when the notebook succeeds; otherwise
     ``<stem>.failed.*`` is written beside it. A KeyboardInterrupt shuts the kernel down,
     keeps the partial report and is re-raised.

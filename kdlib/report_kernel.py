@@ -4,7 +4,6 @@
     limits = Limits(cell_timeout_s=None, notebook_timeout_s=600.0)
     managers = []
     with stopper.executing():                      # StopRequested is raised only in here
-        limits.start()
         papermill.execute_notebook(..., timeout_func=limits,
                                    kernel_manager_class=kernel_manager_class(log, managers))
     kill_kernels(managers)                         # whatever papermill did not shut down
@@ -99,8 +98,9 @@ class Stopper:
 
 class Limits:
     """nbclient's ``timeout_func``: seconds a cell may run, the smaller of the per-cell
-    limit and what is left of the notebook's limit (None: no limit). `binding` says which
-    limit the last cell ran under ("cell" or "notebook")."""
+    limit and what is left of the notebook's limit (None: no limit). The notebook's clock
+    starts with its first cell (kernel start-up has its own limit in nbclient), or at
+    `start`. `binding` says which limit the last cell ran under ("cell" or "notebook")."""
 
     def __init__(self, cell_timeout_s: float | None = None,
                  notebook_timeout_s: float | None = None):
@@ -124,6 +124,8 @@ class Limits:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def __call__(self, cell=None) -> float | None:
+        if self.deadline is None:
+            self.start()
         limits = []
         if self.cell_timeout_s is not None:
             limits.append((float(self.cell_timeout_s), "cell"))

@@ -16,12 +16,13 @@ from kdlib.report_kernel import Limits, Stopper, StopRequested, kill_kernels, si
 def test_limits_take_the_smaller_of_cell_and_remaining_notebook_time():
     assert Limits()() is None  # no limit at all
     only_cell = Limits(cell_timeout_s=7)
-    only_cell.start()
     assert only_cell() == 7.0 and only_cell.binding == "cell" and not only_cell.expired()
     both = Limits(cell_timeout_s=30, notebook_timeout_s=10)
-    both.start()
+    assert both.deadline is None and not both.expired()  # the clock starts with a cell
     left = both()
     assert 9.0 < left <= 10.0 and both.binding == "notebook"
+    time.sleep(0.05)
+    assert both() < left  # one clock for the whole notebook
     tight = Limits(cell_timeout_s=2, notebook_timeout_s=10)
     tight.start()
     assert tight() == 2.0 and tight.binding == "cell"
