@@ -302,8 +302,8 @@ def _resume(state_path: Path, modules, recipe, seed, config):
             f"{state_path} holds a run with a different configuration; use a fresh "
             f"checkpoint_dir or delete it"
         )
-    changed = {k: (stored.get(k), config[k]) for k in RUNTIME_KEYS
-               if stored.get(k) != config[k]}
+    changed = {k: (stored[k], config[k]) for k in RUNTIME_KEYS  # older states lack them
+               if k in stored and stored[k] != config[k]}
     if changed:
         warnings.warn(f"resuming {state_path} with other runtime settings {changed} "
                       f"(stored, now): the result will not be bit-identical to an "
