@@ -60,6 +60,16 @@ def _disk_full_error(path: Path, err: BaseException) -> DiskFullError:
                          f"{path.name!r}, if any, is unchanged)")
 
 
+def _file_mode(path: Path) -> int:
+    """The mode the replacement gets: the existing file's, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_writer(path) -> Iterator:
     """Context manager: a binary file handle whose contents replace `path` on success.
@@ -73,6 +83,7 @@ def atomic_writer(path) -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep the file readable
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

@@ -14,7 +14,6 @@ summary.json::
 from __future__ import annotations
 
 import datetime
-import functools
 import html
 import json
 import os
@@ -53,20 +52,10 @@ class NotebookResult:
     finished: str = ""
 
 
-@functools.cache
-def _umask() -> int:
-    """The process's umask, read once (reading it means setting it for a moment)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_file(path, data: str | bytes) -> Path:
-    """`atomic_write`, then the mode a plain ``open`` would give (0o666 less the umask):
-    reports are meant to be read by others, and atomic_write's temporary files are 0o600."""
-    path = atomic_write(path, data)
-    os.chmod(path, 0o666 & ~_umask())
-    return path
+    """`kdlib.atomic.atomic_write` (which gives the mode a plain ``open`` would: reports are
+    meant to be read by others)."""
+    return atomic_write(path, data)
 
 
 def now() -> str:
