@@ -51,9 +51,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import gmm_optimal_teacher as exp
 from kdlib.gmm import gmm_preset
+from kdlib.headline import headline
 from kdlib.paper import paper_table
 from kdlib.plots import gmm as gmm_plots
 
@@ -165,7 +166,7 @@ claims_table
 
 # %%
 d10 = paired.set_index("classes")
-report.headline(**{
+headline(**{
     "gmm10 posterior - one-hot (pp)": float(d10.loc[10, "mean_diff"]),
     "gmm100 posterior - one-hot (pp)": float(d10.loc[100, "mean_diff"]),
     "gmm10 one-hot / posterior var (%^2)": " / ".join(

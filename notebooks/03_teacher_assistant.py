@@ -38,8 +38,9 @@ INTERACTIVE = True
 import pandas as pd
 from IPython.display import display
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import teacher_assistant as ta
+from kdlib.headline import headline
 from kdlib.paper import paper_table
 from kdlib.plots import takd_eskd as plots
 
@@ -159,7 +160,7 @@ if INTERACTIVE:
 # %%
 v = verdict.iloc[0]
 gain = ta.takd_gain(df, cfg["size_tau"])
-report.headline(**{
+headline(**{
     "spearman(student acc, assistant ECE), chains": round(float(v["rho_ece"]), 3),
     "spearman(student acc, assistant size), chains": round(float(v["rho_size"]), 3),
     "best TAKD gain over plain KD (points)": round(float(gain["gain_mean"].max()), 2),

@@ -39,9 +39,10 @@ INTERACTIVE = True
 import pandas as pd
 from IPython.display import display
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import early_stopped_teacher as es
 from kdlib.experiments.teacher_assistant import recipe_from_spec
+from kdlib.headline import headline
 from kdlib.paper import paper_table
 from kdlib.plots import takd_eskd as plots
 
@@ -146,7 +147,7 @@ if INTERACTIVE:
 # %%
 few16 = t5[(t5.training == "few") & (t5.temperature == 1.6)].iloc[0]
 full16 = t5[(t5.training == "full") & (t5.temperature == 1.6)].iloc[0]
-report.headline(**{
+headline(**{
     "teacher ECE at tau 1.6, few vs full (%)":
         f"{few16.teacher_ece_at_tau:.2f} vs {full16.teacher_ece_at_tau:.2f}",
     "student acc at tau 1.6, few - full (points)":

@@ -37,8 +37,9 @@ INTERACTIVE = True
 # %%
 import pandas as pd
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import tsne_features as tf
+from kdlib.headline import headline
 from kdlib.plots import features as fplots
 from kdlib.recipe import recipe_from_spec
 
@@ -143,7 +144,7 @@ pd.concat([paper.drop(columns=[c for c in paper if c.endswith("dist_accuracy")])
 
 # %%
 d = summary
-report.headline(**{
+headline(**{
     "5-NN acc calibrated (%)": round(d.loc["calibrated", "knn_accuracy_mean"], 2),
     "5-NN acc miscalibrated (%)": round(d.loc["miscalibrated", "knn_accuracy_mean"], 2),
     "confused calibrated": round(d.loc["calibrated", "n_confused_mean"], 1),

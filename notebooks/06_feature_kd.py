@@ -36,8 +36,9 @@ INTERACTIVE = True
 # %%
 import pandas as pd
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import feature_kd as fk
+from kdlib.headline import headline
 from kdlib.plots import features as fplots
 from kdlib.recipe import recipe_from_spec
 
@@ -106,7 +107,7 @@ print(cl.verdict_line(claims_table))
 claims_table
 
 # %%
-report.headline(**{
+headline(**{
     f"Spearman ECE vs acc, {loss} (%)": round(float(corr.loc[loss, "spearman"]), 1)
     for loss in corr.index if pd.notna(corr.loc[loss, "spearman"])
 } or {"students trained": len(df)})

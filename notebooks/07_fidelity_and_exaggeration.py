@@ -42,9 +42,10 @@ INTERACTIVE = True
 import pandas as pd
 from IPython.display import display
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.analysis import paper_spearman
 from kdlib.experiments import fidelity_exaggeration as fe
+from kdlib.headline import headline
 from kdlib.paper import paper_table
 from kdlib.plots import beyond
 
@@ -156,7 +157,7 @@ if INTERACTIVE:
 c = corr.set_index(["loss", "x", "y"])["rho"]
 e = exag.set_index("loss")
 hn = fe.headline_number
-report.headline(**{
+headline(**{
     "spearman agreement-accuracy kd": hn(c[("kd", "agreement", "accuracy")]),
     "spearman agreement-accuracy dist": hn(c[("dist", "agreement", "accuracy")]),
     "more confident than teacher@T=1 kd": hn(e.loc["kd", "exaggeration_t1"]),

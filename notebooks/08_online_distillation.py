@@ -39,8 +39,9 @@ INTERACTIVE = True
 import pandas as pd
 from IPython.display import display
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import online_distillation as od
+from kdlib.headline import headline
 from kdlib.paper import paper_table
 from kdlib.plots import beyond
 
@@ -127,7 +128,7 @@ heads = {f"online gain vs final, {loss} T={t:g}":
          for loss in cfg["losses"]}
 final_t1 = traj[(traj["epoch"] == traj["epoch"].max()) & (traj["temperature"] == 1.0)]
 heads["final teacher ECE at T=1"] = headline_number(final_t1["ece_at_tau"].iloc[0], 4)
-report.headline(**heads)
+headline(**heads)
 
 # %% [markdown]
 # ## What the result shows (default scale: digits, resnet20 -> resnet8, 3 seeds)

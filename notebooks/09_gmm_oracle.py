@@ -38,8 +38,9 @@ INTERACTIVE = True
 import pandas as pd
 from IPython.display import display
 
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import gmm_oracle as go
+from kdlib.headline import headline
 from kdlib.paper import paper_table
 from kdlib.plots import beyond
 
@@ -137,7 +138,7 @@ for loss in cfg["losses"]:
     heads[f"spearman acc-ECE {loss}"] = headline_number(c[(loss, "teacher_ece_at_tau",
                                                            "accuracy")])
     heads[f"spearman acc-KL {loss}"] = headline_number(c[(loss, "kl_to_posterior", "accuracy")])
-report.headline(**heads)
+headline(**heads)
 
 # %% [markdown]
 # ## What the result shows (default scale: gmm10, 2,000 training points, 3 seeds)
