@@ -3,20 +3,27 @@
     explorer = CalibrationExplorer({"resnet20": (test_logits, test_labels), ...})
     explorer.widget()          # the last expression of a notebook cell shows it
 
+    explorer = CalibrationExplorer.from_cache("smoke")   # every cached teacher of a scale
+
 `CalibrationExplorer.state(...)` is the pure computation behind the view (tested without a
 display); `widget()` builds ipywidgets controls whose callbacks only recompute from the
 cached logits and redraw a PNG into an Image widget (no frontend or ipympl needed).
+`export()` (the "export" button) writes the current diagram as PNG and the readout as CSV.
 """
 
 from __future__ import annotations
 
+import csv
 import html
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from kdlib._validate import as_tensor, check_choice, check_int, check_positive
+from kdlib.atomic import atomic_write
 from kdlib.experiments.calibration_explorer import (
     BINNINGS,
     ECE_BINS,
@@ -32,34 +39,44 @@ BINS_MIN, BINS_MAX = 5, 50
 class CalibrationExplorer:
     """Reliability diagram and metrics of several teachers at any temperature.
 
-    teachers: {name: (logits N x C, labels N)} (numpy arrays, tensors or lists); the logits
+    teachers: {name: (logits N x C, labels N)} (numpy arrays, tensors or lists), or
+        {name: a function returning that pair} for teachers loaded on first use; the logits
         are kept on the CPU as float32 and never recomputed.
+    accuracies: {name: test accuracy (fraction)} shown in the chooser (computed from the
+        logits for teachers given as pairs). export_dir: where `export` writes (default:
+        the working directory, i.e. next to the notebook).
     temperatures: the grid of the ECE-vs-temperature curves (default: 61 log-spaced values in
         [0.25, 10] plus 1.0). n_bins, binning: the initial view.
 
-    The equal-width ECE curve of every teacher at `n_bins` is computed once here
-    (`calibration.ece_vs_temperature`); curves for other bin settings are computed on first
-    use and cached.
+    The equal-width ECE curve of every teacher given as a pair is computed once here
+    (`calibration.ece_vs_temperature`); other curves are computed on first use and cached.
     """
 
-    def __init__(self, teachers: dict, *, temperatures=None, n_bins: int = ECE_BINS,
-                 binning: str = "equal_width"):
+    def __init__(self, teachers: dict, *, accuracies: dict | None = None, export_dir=None,
+                 temperatures=None, n_bins: int = ECE_BINS, binning: str = "equal_width"):
         if not isinstance(teachers, dict) or not teachers:
             raise ValueError("teachers must be a non-empty dict {name: (logits, labels)}")
+        if accuracies is not None and not isinstance(accuracies, dict):
+            raise TypeError(f"accuracies must be a dict {{name: fraction}}, got "
+                            f"{type(accuracies).__name__}")
         self.teachers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._loaders: dict = {}
+        self.accuracies: dict[str, float] = {}
         for name, pair in teachers.items():
             if not isinstance(name, str):
                 raise TypeError(f"teacher names must be strings, got {name!r}")
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise TypeError(f"teachers[{name!r}] must be a (logits, labels) pair")
-            z = as_tensor(pair[0], f"teachers[{name!r}] logits").detach().cpu().float()
-            y = as_tensor(pair[1], f"teachers[{name!r}] labels").detach().cpu()
-            if z.ndim != 2 or y.ndim != 1 or z.shape[0] != y.shape[0]:
-                raise ValueError(
-                    f"teachers[{name!r}] needs logits N x C and labels N, got shapes "
-                    f"{tuple(z.shape)} and {tuple(y.shape)}"
-                )
-            self.teachers[name] = (z, y.long())
+            if callable(pair):
+                self._loaders[name] = pair
+            else:
+                self.teachers[name] = self._check_pair(name, pair)
+                z, y = self.teachers[name]
+                self.accuracies[name] = float((z.argmax(1) == y).double().mean())
+        for name, acc in (accuracies or {}).items():
+            if name not in teachers:
+                raise ValueError(f"accuracies names unknown teacher {name!r}")
+            self.accuracies[name] = float(acc)
+        self.names = list(teachers)
+        self.export_dir = Path.cwd() if export_dir is None else Path(export_dir)
         grid = temperature_grid(T_MIN, T_MAX, 61) if temperatures is None else temperatures
         self.temperatures = np.asarray(
             [check_positive(t, "temperature") for t in np.asarray(grid).tolist()],
@@ -72,11 +89,44 @@ class CalibrationExplorer:
         self._widgets: dict = {}
         self.last_state: dict | None = None
 
+    @staticmethod
+    def _check_pair(name, pair):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"teachers[{name!r}] must be a (logits, labels) pair")
+        z = as_tensor(pair[0], f"teachers[{name!r}] logits").detach().cpu().float()
+        y = as_tensor(pair[1], f"teachers[{name!r}] labels").detach().cpu()
+        if z.ndim != 2 or y.ndim != 1 or z.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"teachers[{name!r}] needs logits N x C and labels N, got shapes "
+                f"{tuple(z.shape)} and {tuple(y.shape)}"
+            )
+        return z, y.long()
+
+    @classmethod
+    def from_cache(cls, scale: str, **kwargs) -> CalibrationExplorer:
+        """An explorer over every cached teacher of `scale` (`calibration_explorer.
+        cached_teachers`: nothing is trained), each loaded when first chosen."""
+        from kdlib.experiments.calibration_explorer import cached_teacher_logits, cached_teachers
+
+        entries = cached_teachers(scale)
+        if not entries:
+            raise ValueError(f"no cached teacher of scale {scale!r}; run the notebook's "
+                             "teacher cells first")
+        loaders = {e["name"]: (lambda e=e: cached_teacher_logits(e)) for e in entries}
+        return cls(loaders, accuracies={e["name"]: e["accuracy"] for e in entries}, **kwargs)
+
+    def label(self, name: str) -> str:
+        """The chooser's text for a teacher: its name and test accuracy."""
+        acc = self.accuracies.get(name)
+        return name if acc is None else f"{name} (acc {100 * acc:.1f}%)"
+
     # ------------------------------------------------------------------ computation
 
     def _check_teacher(self, teacher) -> str:
-        if teacher not in self.teachers:
-            raise ValueError(f"unknown teacher {teacher!r}; choose one of {list(self.teachers)}")
+        if teacher not in self.names:
+            raise ValueError(f"unknown teacher {teacher!r}; choose one of {self.names}")
+        if teacher not in self.teachers:  # loaded on first use
+            self.teachers[teacher] = self._check_pair(teacher, self._loaders[teacher]())
         return teacher
 
     def curve(self, teacher: str, n_bins: int, binning: str) -> np.ndarray:
@@ -148,7 +198,9 @@ class CalibrationExplorer:
         import ipywidgets as w
 
         controls = {
-            "teacher": w.Dropdown(options=list(self.teachers), description="teacher"),
+            "teacher": w.Dropdown(options=[(self.label(n), n) for n in self.names],
+                                  description="teacher",
+                                  layout=w.Layout(width="max-content")),
             "temperature": w.FloatLogSlider(value=1.0, base=10, min=np.log10(T_MIN),
                                             max=np.log10(T_MAX), step=0.01,
                                             description="T", readout_format=".3g",
@@ -162,21 +214,26 @@ class CalibrationExplorer:
         }
         readout = w.HTML()
         image = w.Image(format="png")
+        export = w.Button(description="export", icon="download",
+                          tooltip="write the diagram (PNG) and the readout (CSV) here")
+        exported = w.HTML()
         for control in controls.values():
             control.observe(lambda _change: self.update(), names="value")
-        self._widgets = {**controls, "readout": readout, "image": image}
+        export.on_click(lambda _button: self._on_export())
+        self._widgets = {**controls, "readout": readout, "image": image, "export": export,
+                         "exported": exported}
         self._widgets["box"] = w.VBox([
-            w.HBox([controls["teacher"], controls["binning"]]),
-            w.HBox([controls["temperature"], controls["n_bins"]]),
-            readout, image,
+            controls["teacher"],
+            w.HBox([controls["binning"], controls["temperature"], controls["n_bins"]]),
+            readout, w.HBox([export, exported]), image,
         ])
         self.update()
         return self._widgets["box"]
 
     @property
     def controls(self) -> dict:
-        """The widgets by name (teacher, temperature, n_bins, binning, readout, image, box);
-        empty until widget() is called."""
+        """The widgets by name (teacher, temperature, n_bins, binning, readout, image, export,
+        exported, box); empty until widget() is called."""
         return dict(self._widgets)
 
     def update(self) -> dict:
@@ -188,3 +245,42 @@ class CalibrationExplorer:
         wd["image"].value = self.render_png(state)
         self.last_state = state
         return state
+
+    # ------------------------------------------------------------------ export
+
+    CSV_FIELDS = ("teacher", "temperature", "n_bins", "binning", "accuracy", "ece", "mce",
+                  "nll", "brier")
+
+    @classmethod
+    def export_stem(cls, state: dict) -> str:
+        """File stem of an export: calibration_<teacher>_T<temperature>_<bins><binning>."""
+        teacher = re.sub(r"[^A-Za-z0-9]+", "-", state["teacher"]).strip("-") or "teacher"
+        return (f"calibration_{teacher}_T{state['temperature']:.3g}_"
+                f"{state['n_bins']}{state['binning'].replace('_', '-')}")
+
+    def export(self, state: dict | None = None, directory=None) -> tuple[Path, Path]:
+        """Write `state` (default: the current view) as <stem>.png (the diagram, 100 dpi) and
+        <stem>.csv (a header and one row: CSV_FIELDS; ECE/MCE/accuracy fractions, NLL nats)
+        into `directory` (default: export_dir). Returns (png path, csv path)."""
+        state = self.last_state if state is None else state
+        if not isinstance(state, dict) or not set(self.CSV_FIELDS) <= set(state):
+            raise ValueError("nothing to export: pass a state() or build the widget first")
+        folder = Path(self.export_dir if directory is None else directory)
+        if not folder.is_dir():
+            raise ValueError(f"export folder {folder} does not exist")
+        stem = self.export_stem(state)
+        png = atomic_write(folder / f"{stem}.png", self.render_png(state, dpi=100))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.CSV_FIELDS)
+        writer.writerow([repr(state[k]) if isinstance(state[k], float) else state[k]
+                         for k in self.CSV_FIELDS])
+        return png, atomic_write(folder / f"{stem}.csv", buf.getvalue())
+
+    def _on_export(self) -> None:
+        try:
+            png, table = self.export()
+            text = f"wrote {png.name} and {table.name}"
+        except (OSError, ValueError) as err:
+            text = f"export failed: {err}"
+        self._widgets["exported"].value = html.escape(text)

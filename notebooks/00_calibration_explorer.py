@@ -97,9 +97,11 @@ ce.paper_ece_comparison(logits, cfg["n_bins"])
 
 # %% [markdown]
 # ## Interactive explorer
-# Teacher chooser, log-scale temperature slider, number of bins, equal-width / equal-mass
-# bins: the reliability diagram, the readout and the dot on the ECE curve follow. Only when
-# `INTERACTIVE` is true (the report runner sets it false).
+# Teacher chooser (every cached teacher of this scale, from any notebook, with its test
+# accuracy), log-scale temperature slider, number of bins, equal-width / equal-mass bins: the
+# reliability diagram, the readout and the dot on the ECE curve follow. *export* writes the
+# current diagram (PNG) and readout (CSV) next to this notebook. Only when `INTERACTIVE` is
+# true (the report runner sets it false).
 
 # %%
 if INTERACTIVE:
@@ -107,7 +109,7 @@ if INTERACTIVE:
 
     from kdlib.widgets import CalibrationExplorer
 
-    explorer = CalibrationExplorer(logits, n_bins=cfg["n_bins"])
+    explorer = CalibrationExplorer.from_cache(SCALE, n_bins=cfg["n_bins"])
     display(explorer.widget())
 
 # %% [markdown]

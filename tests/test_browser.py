@@ -8,6 +8,7 @@ KDLIB_BROWSER_REPORT=<folder> checks an existing report instead of making a smok
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -168,18 +169,31 @@ def set_readout(page, slider, value: str) -> None:
 
 @pytest.fixture(scope="module")
 def explorer_expected():
-    """The explorer's readout for any setting, computed here from the same cached logits."""
+    """The explorer's readout for any setting, computed here from the same cached teachers
+    (`calibration_explorer.cached_teachers`), and their chooser labels."""
     os.environ.setdefault("KDLIB_PROJECT_DIR", str(ROOT))
     from kdlib import presets
     from kdlib.experiments import calibration_explorer as ce
     from kdlib.widgets import CalibrationExplorer
 
     cfg = presets.get(ce.NAME, "smoke")
-    explorer = CalibrationExplorer(ce.teachers_logits(cfg), n_bins=cfg["n_bins"])
-    return lambda *args: CalibrationExplorer.readout(explorer.state(*args))
+    ce.teachers_logits(cfg)  # the notebook's own teachers are cached before the lab starts
+
+    class Expected:
+        def __init__(self):
+            self.explorer = CalibrationExplorer.from_cache("smoke", n_bins=cfg["n_bins"])
+
+        def labels(self) -> set[str]:
+            return {self.explorer.label(n) for n in self.explorer.names}
+
+        def __call__(self, *args) -> str:
+            return CalibrationExplorer.readout(self.explorer.state(*args))
+
+    return Expected
 
 
 def test_calibration_explorer_in_jupyterlab(browser, out_dir, tmp_path, explorer_expected):
+    before = explorer_expected()
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()
     smoke_copy(nb_dir, EXPLORER)
@@ -200,9 +214,15 @@ def test_calibration_explorer_in_jupyterlab(browser, out_dir, tmp_path, explorer
             raise
         assert notebook_errors(page) == [], lab.log_text()[-3000:]
         box.scroll_into_view_if_needed()
-        teacher = box.locator("select").first.input_value()
+        chooser = box.locator("select").first
+        labels = {t.replace("\xa0", " ") for t in chooser.locator("option").all_inner_texts()}
+        expected = explorer_expected()  # the cache as it is now (other sessions may add)
+        assert before.labels() <= labels <= expected.labels(), labels
+        assert all(re.search(r" \(acc \d+\.\d%\)$", label) for label in labels)
         start = readout_text(page, box)
-        assert start == explorer_expected(teacher, 1.0, 15, "equal_width")
+        teacher = start.split(" | ")[0]
+        assert teacher == expected.explorer.names[0]
+        assert start == expected(teacher, 1.0, 15, "equal_width")
         image = image_src(box)
         assert image["ok"] and image["w"] > 300 and image["h"] > 200
         page.screenshot(path=str(out_dir / "explorer_1_start.png"))
@@ -220,10 +240,29 @@ def test_calibration_explorer_in_jupyterlab(browser, out_dir, tmp_path, explorer
         for i, (action, setting, label) in enumerate(steps, start=2):
             action()
             shown = wait_for_change(page, box, shown)
-            assert shown == explorer_expected(teacher, *setting), label
+            assert shown == expected(teacher, *setting), label
             srcs.append(wait_for_redraw(page, box, srcs[-1]))
             page.screenshot(path=str(out_dir / f"explorer_{i}_{label}.png"))
+        # the chooser: the second teacher at the same setting
+        chooser.select_option(index=1)
+        shown = wait_for_change(page, box, shown)
+        second = expected.explorer.names[1]
+        assert shown == expected(second, 0.5, 7, "equal_mass")
+        srcs.append(wait_for_redraw(page, box, srcs[-1]))
         assert len(set(srcs)) == len(srcs)
+        page.screenshot(path=str(out_dir / "explorer_6_second_teacher.png"))
+
+        # export: PNG and CSV next to the notebook
+        box.locator("button", has_text="export").click()
+        box.locator(".widget-html-content", has_text="wrote").wait_for(timeout=20_000)
+        stem = expected.explorer.export_stem(expected.explorer.state(second, 0.5, 7,
+                                                                     "equal_mass"))
+        png, table = nb_dir / f"{stem}.png", nb_dir / f"{stem}.csv"
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+        (row,) = csv.DictReader(table.read_text().splitlines())
+        assert row["teacher"] == second
+        assert f"ECE {100 * float(row['ece']):.2f}%" in shown
+        page.screenshot(path=str(out_dir / "explorer_7_exported.png"))
 
         assert notebook_errors(page) == []
         assert watch.errors == [], watch.errors

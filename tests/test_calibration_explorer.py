@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,50 @@ def test_run_smoke_end_to_end(tmp_path, monkeypatch):
     again = ce.run(cfg, "smoke", progress=False)  # finished cells come from the store
     assert again["_key"].tolist() == frame["_key"].tolist()
     assert again["_finished_at"].tolist() == frame["_finished_at"].tolist()
+
+
+# ----------------------------------------------------------------- cached teachers
+
+
+def test_cached_teachers_lists_this_scales_cache_without_training(tmp_path, monkeypatch,
+                                                                  one_thread):
+    import shutil
+
+    from kdlib.checkpoint import load_checkpoint, save_atomic
+    from kdlib.widgets import CalibrationExplorer
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    cfg = presets.get(ce.NAME, "smoke")
+    first = cfg["teachers"][0]
+    spec = ce.teacher_data(cfg, first)
+    z, y, record = ce.teacher_test_logits(spec, first["arch"], first["recipe"], cfg["seed"])
+    # a teacher on data of no smoke preset, and a stale (old-format) copy of the first one
+    ce.load_teacher({"name": "digits", "seed": 0, "subset_train": 60, "subset_test": 40},
+                    "resnet8", {"preset": "smoke", "epochs": 1})
+    cache = tmp_path / "data" / "teachers"
+    folder = Path(record["cache_dir"])
+    stale = cache / "resnet8-digits-oldformat"
+    shutil.copytree(folder, stale)
+    ckpt = load_checkpoint(stale / "final.pt")
+    ckpt["key"]["format"] = -1
+    save_atomic(ckpt, stale / "final.pt")
+    assert len(list(cache.glob("*/final.pt"))) == 3
+
+    entries = ce.cached_teachers("smoke")
+    assert [e["name"] for e in entries] == [first["name"]]
+    assert entries[0]["folder"] == folder
+    assert entries[0]["accuracy"] == pytest.approx(record["metrics"]["accuracy"])
+    z2, y2 = ce.cached_teacher_logits(entries[0])
+    assert torch.equal(y2, y) and torch.allclose(z2, z, atol=1e-6)
+    assert ce.cached_teachers("default") == []  # the full digits split is another data set
+    with pytest.raises(ValueError, match="scale"):
+        ce.cached_teachers("huge")
+
+    ex = CalibrationExplorer.from_cache("smoke", temperatures=[1.0, 2.0])
+    assert ex.names == [first["name"]] and ex.teachers == {}  # loaded on first use
+    acc = 100 * record["metrics"]["accuracy"]
+    assert ex.label(first["name"]) == f"{first['name']} (acc {acc:.1f}%)"
+    s = ex.state(first["name"], 2.0, 15)
+    assert s["ece"] == pytest.approx(calibration.ece(calibration.tempered_softmax(z, 2.0), y))
+    with pytest.raises(ValueError, match="no cached teacher"):
+        CalibrationExplorer.from_cache("default")

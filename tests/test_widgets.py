@@ -1,3 +1,4 @@
+import csv
 import math
 
 import numpy as np
@@ -65,7 +66,9 @@ def test_widget_callbacks_update_readout_and_image():
     box = ex.widget()
     assert ex.widget() is box  # built once
     w = ex.controls
-    assert list(w["teacher"].options) == ["sharp", "soft"]
+    acc = {n: float((z.argmax(1) == y).float().mean()) for n, (z, y) in teachers().items()}
+    assert list(w["teacher"].options) == [
+        (f"{n} (acc {100 * acc[n]:.1f}%)", n) for n in ("sharp", "soft")]
     assert (w["temperature"].min, w["temperature"].max) == pytest.approx(
         (math.log10(0.25), 1.0))
     assert (w["n_bins"].min, w["n_bins"].max, w["n_bins"].value) == (5, 50, 15)
@@ -106,3 +109,51 @@ def test_rejects_bad_input():
         ex.state("sharp", -1.0, 15)
     with pytest.raises(ValueError, match="binning"):
         ex.state("sharp", 1.0, 15, "quantile")
+
+
+def test_lazy_teachers_load_on_first_use_with_given_accuracy():
+    calls = []
+    pair = teachers()["soft"]
+
+    def load():
+        calls.append(1)
+        return pair
+
+    ex = CalibrationExplorer({"sharp": teachers()["sharp"], "lazy": load},
+                             accuracies={"lazy": 0.5}, temperatures=TEMPS)
+    assert calls == [] and ex.label("lazy") == "lazy (acc 50.0%)"
+    s = ex.state("lazy", 2.0, 10)
+    assert calls == [1]
+    p = calibration.tempered_softmax(pair[0], 2.0)
+    assert s["ece"] == pytest.approx(calibration.ece(p, pair[1], 10))
+    ex.state("lazy", 1.0, 10)
+    assert calls == [1]  # loaded once
+    with pytest.raises(ValueError, match="unknown teacher"):
+        CalibrationExplorer({"a": teachers()["sharp"]}, accuracies={"b": 0.1})
+
+
+def test_export_writes_the_current_diagram_and_readout(tmp_path):
+    ex = CalibrationExplorer(teachers(), temperatures=TEMPS, export_dir=tmp_path)
+    with pytest.raises(ValueError, match="nothing to export"):
+        ex.export()
+    ex.widget()
+    w = ex.controls
+    w["temperature"].value = 2.0
+    w["binning"].value = "equal_mass"
+    w["export"].click()
+    assert w["exported"].value.startswith("wrote calibration_sharp_T2_15equal-mass.png")
+    png = tmp_path / "calibration_sharp_T2_15equal-mass.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+    rows = list(csv.DictReader(open(tmp_path / "calibration_sharp_T2_15equal-mass.csv")))
+    assert len(rows) == 1
+    z, y = ex.teachers["sharp"]
+    p = calibration.tempered_softmax(z, 2.0)
+    assert float(rows[0]["ece"]) == ex.last_state["ece"]  # written exactly (repr)
+    assert float(rows[0]["ece"]) == pytest.approx(calibration.adaptive_ece(p, y, 15), rel=1e-12)
+    assert float(rows[0]["nll"]) == pytest.approx(calibration.nll(p, y), rel=1e-12)
+    assert (rows[0]["teacher"], rows[0]["binning"], rows[0]["n_bins"]) == (
+        "sharp", "equal_mass", "15")
+    ex.export_dir = tmp_path / "missing"
+    w["export"].click()
+    assert w["exported"].value.startswith("export failed") and "does not exist" in (
+        w["exported"].value)

@@ -457,3 +457,112 @@ def headline_figures(frame, teacher: str) -> dict:
     return {"teacher accuracy": float(row["accuracy"]),
             "ECE at tau=1": float(row["ece_t1"]), "fitted T": float(row["fitted_t"]),
             "ECE at fitted T": float(row["ece_fit"])}
+
+
+# --------------------------------------------------------------------------- cached teachers
+
+
+def _data_specs(node, found: list) -> list:
+    """Every dict under a "data" key (with a "name") anywhere in a preset, in order."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "data" and isinstance(value, dict) and "name" in value:
+                found.append(value)
+            _data_specs(value, found)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _data_specs(value, found)
+    return found
+
+
+def scale_data_specs(scale: str) -> list[dict]:
+    """The data sets of a scale: every "data" spec of every experiment's preset at `scale`
+    (all kdlib.experiments modules are imported so that their presets are registered),
+    plus this explorer's per-teacher training subsets; duplicates removed, order kept."""
+    import importlib
+    import pkgutil
+
+    import kdlib.experiments as pkg
+
+    if scale not in presets.SCALES:
+        raise ValueError(f"scale must be one of {presets.SCALES}, got {scale!r}")
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    specs = []
+    for name in presets.experiments():
+        cfg = presets.get(name, scale)
+        specs += _data_specs(cfg, [])
+        if name == NAME:
+            specs += [teacher_data(cfg, t) for t in cfg["teachers"]]
+    unique = {repr(sorted(s.items())): s for s in specs}
+    return list(unique.values())
+
+
+def cached_teachers(scale: str, cache_dir=None) -> list[dict]:
+    """Every cached teacher (`<cache>/*/final.pt`) trained on a data set of `scale`; nothing
+    is trained. One dict per teacher, sorted by name: "name" (this explorer's preset name
+    when it is one of them, else "<arch> on <data>, <epochs> ep, seed <s> [<folder hash>]"),
+    "arch", "accuracy" (test accuracy of its training record, fraction), "folder" (Path),
+    "data" (the spec), "model_kwargs", "seed". This explorer's own teachers come first, in
+    preset order. Data sets whose files are missing (CIFAR archives) are left out, and so
+    are cache entries of an older cache format (get_teacher no longer uses them)."""
+    import json
+    from pathlib import Path
+
+    from kdlib.checkpoint import CorruptCheckpointError, load_checkpoint
+    from kdlib.experiments.common import load_data, teacher_cache_dir
+    from kdlib.teachers import CACHE_FORMAT, dataset_fingerprint, teacher_key
+
+    cache = Path(cache_dir) if cache_dir is not None else teacher_cache_dir()
+    by_print = {}
+    for spec in scale_data_specs(scale):
+        try:
+            by_print.setdefault(dataset_fingerprint(load_data(spec)), spec)
+        except (FileNotFoundError, OSError):
+            continue
+    cfg = presets.get(NAME, scale)
+    named = {}
+    for t in cfg["teachers"]:
+        try:
+            data = load_data(teacher_data(cfg, t))
+        except (FileNotFoundError, OSError):
+            continue
+        key = teacher_key(t["arch"], data, make_recipe(t["recipe"], t["arch"]), cfg["seed"])
+        named[json.dumps(key, sort_keys=True)] = t["name"]
+    out = []
+    for final in sorted(cache.glob("*/final.pt")) if cache.is_dir() else []:
+        try:
+            ckpt = load_checkpoint(final)
+            key, record = ckpt["key"], ckpt["record"]
+        except (CorruptCheckpointError, KeyError, RuntimeError, OSError, TypeError):
+            continue
+        spec = by_print.get(key.get("data_fingerprint"))
+        if spec is None or key.get("format") != CACHE_FORMAT:
+            continue  # another scale's data, or a stale entry get_teacher no longer uses
+        recipe = key["recipe"]
+        ident = json.dumps(key, sort_keys=True)
+        name = named.get(ident) or (f"{key['arch']} on {spec['name']}, {recipe['epochs']} ep, "
+                                    f"seed {key['seed']} [{final.parent.name[-6:]}]")
+        out.append({"name": name, "arch": key["arch"],
+                    "accuracy": float(record["metrics"]["accuracy"]), "folder": final.parent,
+                    "data": spec, "model_kwargs": key.get("model_kwargs") or {},
+                    "seed": int(key["seed"])})
+    order = {t["name"]: i for i, t in enumerate(cfg["teachers"])}
+    return sorted(out, key=lambda e: (order.get(e["name"], len(order)), e["name"]))
+
+
+def cached_teacher_logits(entry: dict):
+    """(test logits N x C float32 CPU tensor, test labels N int64) of a `cached_teachers`
+    entry, from its saved weights (no training)."""
+    from kdlib.checkpoint import load_checkpoint
+    from kdlib.experiments.common import load_data
+    from kdlib.train import make_model, predict_logits
+
+    if not isinstance(entry, dict) or not {"arch", "folder", "data", "seed"} <= set(entry):
+        raise ValueError("entry must be a dict from cached_teachers (arch, folder, data, seed)")
+    dataset = load_data(entry["data"])
+    kwargs = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in entry.get("model_kwargs", {}).items()}
+    model = make_model(entry["arch"], dataset, seed=entry["seed"], **kwargs)
+    model.load_state_dict(load_checkpoint(entry["folder"] / "final.pt")["model"])
+    return predict_logits(model.eval(), dataset), dataset.test_y.clone()
