@@ -284,3 +284,162 @@ class CalibrationExplorer:
         except (OSError, ValueError) as err:
             text = f"export failed: {err}"
         self._widgets["exported"].value = html.escape(text)
+
+
+class SweepExplorer:
+    """The temperature sweep (notebook 02) at one (pair, loss, tau), from stored results only.
+
+    frame: one row per student, as `temperature_sweep.students_frame` gives it (columns pair,
+        loss, temperature, seed, accuracy, teacher_ece_at_tau; fractions). Nothing is trained:
+        every view is a lookup and a mean over seeds.
+    """
+
+    COLUMNS = ("pair", "loss", "temperature", "seed", "accuracy", "teacher_ece_at_tau")
+
+    def __init__(self, frame):
+        import pandas as pd
+
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+        missing = [c for c in self.COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"frame lacks columns {missing}; it needs {list(self.COLUMNS)}")
+        if frame.empty:
+            raise ValueError("frame is empty: the sweep store holds no finished cell")
+        self.frame = frame[list(self.COLUMNS)].copy()
+        self.pairs = list(dict.fromkeys(self.frame["pair"]))
+        self.means = (self.frame.groupby(["pair", "loss", "temperature"])
+                      .agg(accuracy=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
+                           n_seeds=("seed", "nunique"),
+                           teacher_ece=("teacher_ece_at_tau", "mean"))
+                      .reset_index())
+        self._widgets: dict = {}
+        self.last_state: dict | None = None
+
+    @classmethod
+    def from_store(cls, store) -> SweepExplorer:
+        """From a temperature-sweep store (runs/<scale>/temperature_sweep.sqlite), read only."""
+        from kdlib import sweep
+        from kdlib.experiments import temperature_sweep as ts
+
+        if not Path(store).is_file():
+            raise ValueError(f"no sweep store at {store}; run notebook 02 first")
+        return cls(ts.students_frame(sweep.load(store, namespace=ts.NAME)))
+
+    def losses(self, pair: str) -> list[str]:
+        return list(dict.fromkeys(self.frame.loc[self.frame["pair"] == pair, "loss"]))
+
+    def temperatures(self, pair: str) -> list[float]:
+        return sorted(set(self.frame.loc[self.frame["pair"] == pair, "temperature"]))
+
+    def state(self, pair: str, loss: str, temperature: float) -> dict:
+        """{"pair", "loss", "temperature", "teacher_ece" (seed mean, fraction), "accuracy"
+        (seed mean), "accuracy_std" (std over seeds, NaN for one seed), "n_seeds",
+        "points" (the seed means of this pair, both losses: DataFrame for the scatter)}."""
+        if pair not in self.pairs:
+            raise ValueError(f"unknown pair {pair!r}; choose one of {self.pairs}")
+        loss = check_choice(loss, "loss", tuple(self.losses(pair)))
+        temperature = check_positive(temperature, "temperature")
+        temps = self.temperatures(pair)
+        if not any(np.isclose(temperature, t) for t in temps):
+            raise ValueError(f"temperature {temperature} was not swept for {pair!r}; "
+                             f"have {temps}")
+        points = self.means[self.means["pair"] == pair]
+        row = points[(points["loss"] == loss) & np.isclose(points["temperature"], temperature)]
+        row = row.iloc[0]
+        return {"pair": pair, "loss": loss, "temperature": float(row["temperature"]),
+                "teacher_ece": float(row["teacher_ece"]), "accuracy": float(row["accuracy"]),
+                "accuracy_std": float(row["accuracy_std"]), "n_seeds": int(row["n_seeds"]),
+                "points": points.reset_index(drop=True)}
+
+    @staticmethod
+    def readout(state: dict) -> str:
+        """One line: teacher ECE at tau and student accuracy (seed mean +- std, percent)."""
+        std = state["accuracy_std"]
+        spread = f" +- {100 * std:.2f}" if np.isfinite(std) else ""
+        return (f"{state['pair']} | {state['loss'].upper()} | tau = {state['temperature']:g} | "
+                f"teacher ECE {100 * state['teacher_ece']:.2f}% | student acc "
+                f"{100 * state['accuracy']:.2f}{spread}% ({state['n_seeds']} seeds)")
+
+    @staticmethod
+    def render_png(state: dict, dpi: int = 80) -> bytes:
+        """The Figure 6 scatter of the pair (seed means, both losses) with the current point
+        ringed and its seed spread as an error bar; PNG bytes."""
+        from matplotlib.figure import Figure  # no pyplot: nothing global changes
+
+        fig = Figure(figsize=(5.5, 3.8))
+        ax = fig.subplots()
+        colors = {"kd": "tab:red", "dist": "tab:blue"}
+        for loss, g in state["points"].groupby("loss", sort=False):
+            ax.scatter(100 * g["teacher_ece"], 100 * g["accuracy"], label=loss.upper(),
+                       color=colors.get(loss, "k"), alpha=0.5 if loss != state["loss"] else 1)
+        std = state["accuracy_std"]
+        ax.errorbar([100 * state["teacher_ece"]], [100 * state["accuracy"]],
+                    yerr=[100 * std] if np.isfinite(std) else None, fmt="o", ms=12,
+                    mfc="none", mec="k", ecolor="k", capsize=4,
+                    label=f"tau = {state['temperature']:g}")
+        ax.set_xlabel("teacher ECE at tau (%)")
+        ax.set_ylabel("student test accuracy (%)")
+        ax.set_title(state["pair"], fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        return buf.getvalue()
+
+    def widget(self):
+        """Build (once) and return the box: pair Dropdown, loss toggle, tau slider over the
+        pair's swept temperatures, readout and the scatter."""
+        if "box" in self._widgets:
+            return self._widgets["box"]
+        import ipywidgets as w
+
+        pair = self.pairs[0]
+        controls = {
+            "pair": w.Dropdown(options=self.pairs, value=pair, description="pair",
+                               layout=w.Layout(width="max-content")),
+            "loss": w.ToggleButtons(options=self.losses(pair), description="loss"),
+            "temperature": w.SelectionSlider(options=self.temperatures(pair),
+                                             description="tau", continuous_update=False),
+        }
+        readout, image = w.HTML(), w.Image(format="png")
+        self._widgets = {**controls, "readout": readout, "image": image}
+        controls["pair"].observe(lambda _c: self._pair_changed(), names="value")
+        for name in ("loss", "temperature"):
+            controls[name].observe(lambda _c: self.update(), names="value")
+        self._widgets["box"] = w.VBox([controls["pair"],
+                                       w.HBox([controls["loss"], controls["temperature"]]),
+                                       readout, image])
+        self.update()
+        return self._widgets["box"]
+
+    @property
+    def controls(self) -> dict:
+        """The widgets by name (pair, loss, temperature, readout, image, box)."""
+        return dict(self._widgets)
+
+    def _pair_changed(self) -> None:
+        wd = self._widgets
+        pair = wd["pair"].value
+        self._updating = True
+        try:
+            temps, losses = self.temperatures(pair), self.losses(pair)
+            t_old, loss_old = wd["temperature"].value, wd["loss"].value
+            wd["loss"].options = losses
+            wd["loss"].value = loss_old if loss_old in losses else losses[0]
+            wd["temperature"].options = temps
+            wd["temperature"].value = min(temps, key=lambda t: abs(np.log(t / t_old)))
+        finally:
+            self._updating = False
+        self.update()
+
+    def update(self) -> dict | None:
+        """Recompute from the controls and refresh readout and image."""
+        if getattr(self, "_updating", False):
+            return None
+        wd = self._widgets
+        state = self.state(wd["pair"].value, wd["loss"].value, wd["temperature"].value)
+        wd["readout"].value = f"<code>{html.escape(self.readout(state))}</code>"
+        wd["image"].value = self.render_png(state)
+        self.last_state = state
+        return state

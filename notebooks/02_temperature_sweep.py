@@ -105,6 +105,19 @@ fig = sweep_plots.accuracy_vs_teacher_ece(sweep_df)
 corr[["pair", "loss", "rho", "lo", "hi"]]
 
 # %% [markdown]
+# ## Explore the sweep
+# Pick a pair and a loss, slide tau over the swept temperatures: the teacher's ECE at tau,
+# the student's accuracy (seed mean +- std) and the point on the Figure 6 scatter. Read from
+# the sweep store only (nothing trains). Only when `INTERACTIVE` is true (the report runner
+# sets it false).
+
+# %%
+if INTERACTIVE:
+    from kdlib.widgets import SweepExplorer
+
+    display(SweepExplorer(sweep_df).widget())
+
+# %% [markdown]
 # ## Figure 4: one temperature, teachers of different calibration
 # The same student distilled at a fixed tau from teachers trained for different lengths
 # (so with different calibration).

@@ -192,82 +192,139 @@ def explorer_expected():
     return Expected
 
 
-def test_calibration_explorer_in_jupyterlab(browser, out_dir, tmp_path, explorer_expected):
-    before = explorer_expected()
-    nb_dir = tmp_path / "notebooks"
-    nb_dir.mkdir()
-    smoke_copy(nb_dir, EXPLORER)
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One JupyterLab for the module, serving smoke-scale copies of notebooks 00 and 02."""
+    nb_dir = tmp_path_factory.mktemp("notebooks")
+    for name in (EXPLORER, SWEEP):
+        smoke_copy(nb_dir, name)
     env = {"KDLIB_PROJECT_DIR": str(ROOT), "PATH": f"{Path(sys.executable).parent}:"
            + os.environ.get("PATH", "")}
-    with jupyter_lab(nb_dir, env, settings=LAB_SETTINGS) as lab:
-        page = browser.new_page()
-        watch = PageWatch(page)
-        page.goto(f"{lab.url}/lab?token={lab.token}")
-        page.wait_for_selector(".jp-DirListing-item", timeout=60_000)
-        open_with_jupytext(page, EXPLORER)
-        run_all(page, "headline teacher:")
-        box = page.locator(".jupyter-widgets.widget-vbox", has=page.locator("img")).first
-        try:
-            box.wait_for(state="attached", timeout=30_000)
-        except Exception:
-            page.screenshot(path=str(out_dir / "explorer_0_failed.png"))
-            raise
-        assert notebook_errors(page) == [], lab.log_text()[-3000:]
-        box.scroll_into_view_if_needed()
-        chooser = box.locator("select").first
-        labels = {t.replace("\xa0", " ") for t in chooser.locator("option").all_inner_texts()}
-        expected = explorer_expected()  # the cache as it is now (other sessions may add)
-        assert before.labels() <= labels <= expected.labels(), labels
-        assert all(re.search(r" \(acc \d+\.\d%\)$", label) for label in labels)
-        start = readout_text(page, box)
-        teacher = start.split(" | ")[0]
-        assert teacher == expected.explorer.names[0]
-        assert start == expected(teacher, 1.0, 15, "equal_width")
-        image = image_src(box)
-        assert image["ok"] and image["w"] > 300 and image["h"] > 200
-        page.screenshot(path=str(out_dir / "explorer_1_start.png"))
+    with jupyter_lab(nb_dir, env, settings=LAB_SETTINGS) as server:
+        server.notebook_dir = nb_dir
+        yield server
 
-        sliders = box.locator(".widget-hslider")
-        temperature, bins = sliders.nth(0), sliders.nth(1)
-        steps = [  # (what a person does, the setting it leads to, screenshot)
-            (lambda: set_readout(page, temperature, "2"), (2.0, 15, "equal_width"), "T2"),
-            (lambda: set_readout(page, temperature, "0.5"), (0.5, 15, "equal_width"), "T0.5"),
-            (lambda: box.locator("button", has_text="equal mass").click(),
-             (0.5, 15, "equal_mass"), "equal_mass"),
-            (lambda: set_readout(page, bins, "7"), (0.5, 7, "equal_mass"), "equal_mass_7_bins"),
-        ]
-        shown, srcs = start, [image["src"]]
-        for i, (action, setting, label) in enumerate(steps, start=2):
-            action()
-            shown = wait_for_change(page, box, shown)
-            assert shown == expected(teacher, *setting), label
-            srcs.append(wait_for_redraw(page, box, srcs[-1]))
-            page.screenshot(path=str(out_dir / f"explorer_{i}_{label}.png"))
-        # the chooser: the second teacher at the same setting
-        chooser.select_option(index=1)
+
+def open_in_lab(browser, lab, name: str):
+    page = browser.new_page()
+    watch = PageWatch(page)
+    page.goto(f"{lab.url}/lab?token={lab.token}")
+    page.wait_for_selector(".jp-DirListing-item", timeout=60_000)
+    open_with_jupytext(page, name)
+    return page, watch
+
+
+def test_calibration_explorer_in_jupyterlab(browser, out_dir, lab, explorer_expected):
+    before = explorer_expected()
+    nb_dir = lab.notebook_dir
+    page, watch = open_in_lab(browser, lab, EXPLORER)
+    run_all(page, "headline teacher:")
+    box = page.locator(".jupyter-widgets.widget-vbox", has=page.locator("img")).first
+    try:
+        box.wait_for(state="attached", timeout=30_000)
+    except Exception:
+        page.screenshot(path=str(out_dir / "explorer_0_failed.png"))
+        raise
+    assert notebook_errors(page) == [], lab.log_text()[-3000:]
+    box.scroll_into_view_if_needed()
+    chooser = box.locator("select").first
+    labels = {t.replace("\xa0", " ") for t in chooser.locator("option").all_inner_texts()}
+    expected = explorer_expected()  # the cache as it is now (other sessions may add)
+    assert before.labels() <= labels <= expected.labels(), labels
+    assert all(re.search(r" \(acc \d+\.\d%\)$", label) for label in labels)
+    start = readout_text(page, box)
+    teacher = start.split(" | ")[0]
+    assert teacher == expected.explorer.names[0]
+    assert start == expected(teacher, 1.0, 15, "equal_width")
+    image = image_src(box)
+    assert image["ok"] and image["w"] > 300 and image["h"] > 200
+    page.screenshot(path=str(out_dir / "explorer_1_start.png"))
+
+    sliders = box.locator(".widget-hslider")
+    temperature, bins = sliders.nth(0), sliders.nth(1)
+    steps = [  # (what a person does, the setting it leads to, screenshot)
+        (lambda: set_readout(page, temperature, "2"), (2.0, 15, "equal_width"), "T2"),
+        (lambda: set_readout(page, temperature, "0.5"), (0.5, 15, "equal_width"), "T0.5"),
+        (lambda: box.locator("button", has_text="equal mass").click(),
+         (0.5, 15, "equal_mass"), "equal_mass"),
+        (lambda: set_readout(page, bins, "7"), (0.5, 7, "equal_mass"), "equal_mass_7_bins"),
+    ]
+    shown, srcs = start, [image["src"]]
+    for i, (action, setting, label) in enumerate(steps, start=2):
+        action()
         shown = wait_for_change(page, box, shown)
-        second = expected.explorer.names[1]
-        assert shown == expected(second, 0.5, 7, "equal_mass")
+        assert shown == expected(teacher, *setting), label
         srcs.append(wait_for_redraw(page, box, srcs[-1]))
-        assert len(set(srcs)) == len(srcs)
-        page.screenshot(path=str(out_dir / "explorer_6_second_teacher.png"))
+        page.screenshot(path=str(out_dir / f"explorer_{i}_{label}.png"))
+    # the chooser: the second teacher at the same setting
+    chooser.select_option(index=1)
+    shown = wait_for_change(page, box, shown)
+    second = expected.explorer.names[1]
+    assert shown == expected(second, 0.5, 7, "equal_mass")
+    srcs.append(wait_for_redraw(page, box, srcs[-1]))
+    assert len(set(srcs)) == len(srcs)
+    page.screenshot(path=str(out_dir / "explorer_6_second_teacher.png"))
 
-        # export: PNG and CSV next to the notebook
-        box.locator("button", has_text="export").click()
-        box.locator(".widget-html-content", has_text="wrote").wait_for(timeout=20_000)
-        stem = expected.explorer.export_stem(expected.explorer.state(second, 0.5, 7,
-                                                                     "equal_mass"))
-        png, table = nb_dir / f"{stem}.png", nb_dir / f"{stem}.csv"
-        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
-        (row,) = csv.DictReader(table.read_text().splitlines())
-        assert row["teacher"] == second
-        assert f"ECE {100 * float(row['ece']):.2f}%" in shown
-        page.screenshot(path=str(out_dir / "explorer_7_exported.png"))
+    # export: PNG and CSV next to the notebook
+    box.locator("button", has_text="export").click()
+    box.locator(".widget-html-content", has_text="wrote").wait_for(timeout=20_000)
+    stem = expected.explorer.export_stem(expected.explorer.state(second, 0.5, 7,
+                                                                 "equal_mass"))
+    png, table = nb_dir / f"{stem}.png", nb_dir / f"{stem}.csv"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+    (row,) = csv.DictReader(table.read_text().splitlines())
+    assert row["teacher"] == second
+    assert f"ECE {100 * float(row['ece']):.2f}%" in shown
+    page.screenshot(path=str(out_dir / "explorer_7_exported.png"))
 
-        assert notebook_errors(page) == []
-        assert watch.errors == [], watch.errors
-        assert watch.external == [], "JupyterLab asked the network for " + str(watch.external)
-        page.close()
+    assert notebook_errors(page) == []
+    assert watch.errors == [], watch.errors
+    assert watch.external == [], "JupyterLab asked the network for " + str(watch.external)
+    page.close()
+
+
+def test_sweep_explorer_in_jupyterlab(browser, out_dir, lab):
+    """Notebook 02 at smoke scale with INTERACTIVE = True: the sweep explorer renders, and
+    tau and the loss move its readout to the values of the sweep store."""
+    from kdlib import sweep
+    from kdlib.experiments import temperature_sweep as ts
+    from kdlib.widgets import SweepExplorer
+
+    page, watch = open_in_lab(browser, lab, SWEEP)
+    run_all(page, "headline figure")
+    box = page.locator(".jupyter-widgets.widget-vbox",
+                       has=page.locator(".widget-html-content code", has_text="| tau =")).first
+    box.wait_for(state="attached", timeout=30_000)
+    assert notebook_errors(page) == [], lab.log_text()[-3000:]
+    box.scroll_into_view_if_needed()
+    store = ROOT / "runs" / "smoke" / f"{ts.NAME}.sqlite"
+    frame = ts.students_frame(sweep.load(store, namespace=ts.NAME))
+    expected = SweepExplorer(frame[~frame["pair"].str.contains("teacher@")])
+    pair = expected.pairs[0]
+    temps = expected.temperatures(pair)
+    shown = readout_text(page, box)
+    first_loss = expected.losses(pair)[0]
+    assert shown == expected.readout(expected.state(pair, first_loss, temps[0]))
+    srcs = [wait_for_redraw(page, box, "")]
+    page.screenshot(path=str(out_dir / "sweep_1_start.png"))
+
+    box.locator(".noUi-handle").first.focus()  # the tau slider's handle, keyboard as a person
+    page.keyboard.press("ArrowRight")
+    shown = wait_for_change(page, box, shown)
+    assert shown == expected.readout(expected.state(pair, first_loss, temps[1]))
+    srcs.append(wait_for_redraw(page, box, srcs[-1]))
+    page.screenshot(path=str(out_dir / "sweep_2_tau.png"))
+
+    other = expected.losses(pair)[1]
+    box.locator("button", has_text=other).click()
+    shown = wait_for_change(page, box, shown)
+    assert shown == expected.readout(expected.state(pair, other, temps[1]))
+    srcs.append(wait_for_redraw(page, box, srcs[-1]))
+    page.screenshot(path=str(out_dir / "sweep_3_loss.png"))
+    assert notebook_errors(page) == []
+    assert watch.errors == [], watch.errors
+    assert watch.external == [], "JupyterLab asked the network for " + str(watch.external)
+    page.close()
 
 
 # ------------------------------------------------------------------------- reports

@@ -157,3 +157,66 @@ def test_export_writes_the_current_diagram_and_readout(tmp_path):
     w["export"].click()
     assert w["exported"].value.startswith("export failed") and "does not exist" in (
         w["exported"].value)
+
+
+# ----------------------------------------------------------------- sweep explorer
+
+
+def fake_students(name, seed, temperatures):
+    """A stored sweep cell in the shape of temperature_sweep.run_students (no training):
+    teacher ECE = tau / 10, KD accuracy 0.9 - tau/100 + seed/1000, DIST 0.8 + seed/1000."""
+    rows = [{"loss": loss, "temperature": t, "teacher_ece_at_tau": t / 10,
+             "accuracy": (0.9 - t / 100 if loss == "kd" else 0.8) + seed / 1000, "ece": 0.1}
+            for loss in ("kd", "dist") for t in temperatures]
+    return {"teacher_metrics": {"accuracy": 0.95}, "teacher_params": 10, "student_params": 5,
+            "n_test": 100, "students": rows}
+
+
+def small_store(path):
+    from kdlib import sweep
+    from kdlib.experiments import temperature_sweep as ts
+
+    grid = [{"name": n, "seed": s, "temperatures": temps}
+            for n, temps in (("a->b", [1.0, 2.0, 4.0]), ("c->d", [1.0, 8.0]))
+            for s in (0, 1, 2)]
+    grid = [{**c, "teacher": "t", "student": "s"} for c in grid]
+    sweep.run(lambda name, seed, temperatures, teacher, student: fake_students(
+        name, seed, temperatures), grid, path, progress=False, namespace=ts.NAME)
+    return path
+
+
+def test_sweep_explorer_reads_the_store_and_follows_the_controls(tmp_path):
+    from kdlib.widgets import SweepExplorer
+
+    ex = SweepExplorer.from_store(small_store(tmp_path / "sweep.sqlite"))
+    assert ex.pairs == ["a->b", "c->d"] and ex.temperatures("a->b") == [1.0, 2.0, 4.0]
+    s = ex.state("a->b", "kd", 2.0)
+    assert s["teacher_ece"] == pytest.approx(0.2)
+    assert s["accuracy"] == pytest.approx(0.9 - 0.02 + 0.001)  # seeds 0, 1, 2
+    assert s["accuracy_std"] == pytest.approx(0.001) and s["n_seeds"] == 3
+    assert len(s["points"]) == 6  # 3 temperatures x 2 losses
+    assert ex.readout(s) == ("a->b | KD | tau = 2 | teacher ECE 20.00% | student acc "
+                             "88.10 +- 0.10% (3 seeds)")
+    box = ex.widget()
+    w = ex.controls
+    assert box is ex.widget() and w["image"].value[:4] == b"\x89PNG"
+    assert list(w["temperature"].options) == [1.0, 2.0, 4.0]
+    first = w["image"].value
+    w["temperature"].value = 4.0
+    assert ex.last_state["teacher_ece"] == pytest.approx(0.4)
+    assert "tau = 4 " in w["readout"].value and w["image"].value != first
+    w["loss"].value = "dist"
+    assert ex.last_state["accuracy"] == pytest.approx(0.801)
+    w["pair"].value = "c->d"  # tau moves to the nearest swept value (log scale): 8
+    assert list(w["temperature"].options) == [1.0, 8.0]
+    assert (ex.last_state["pair"], ex.last_state["temperature"]) == ("c->d", 8.0)
+    assert ex.last_state["loss"] == "dist" and "c-&gt;d | DIST" in w["readout"].value
+    with pytest.raises(ValueError, match="was not swept"):
+        ex.state("a->b", "kd", 3.0)
+    with pytest.raises(ValueError, match="unknown pair"):
+        ex.state("x", "kd", 1.0)
+    with pytest.raises(ValueError, match="no sweep store"):
+        SweepExplorer.from_store(tmp_path / "none.sqlite")
+    with pytest.raises(ValueError, match="lacks columns"):
+        import pandas as pd
+        SweepExplorer(pd.DataFrame({"pair": ["a"]}))
