@@ -206,9 +206,11 @@ def lab(tmp_path_factory):
 
 
 def open_in_lab(browser, lab, name: str):
+    """A new page on a fresh JupyterLab workspace (no tabs restored), `name` opened."""
     page = browser.new_page()
     watch = PageWatch(page)
-    page.goto(f"{lab.url}/lab?token={lab.token}")
+    workspace = re.sub(r"\W", "-", name)
+    page.goto(f"{lab.url}/lab/workspaces/{workspace}?reset&token={lab.token}")
     page.wait_for_selector(".jp-DirListing-item", timeout=60_000)
     open_with_jupytext(page, name)
     return page, watch
