@@ -32,8 +32,9 @@ SCALE = "default"
 INTERACTIVE = True
 
 # %%
-from kdlib import presets, report
+from kdlib import presets
 from kdlib.experiments import calibration_explorer as ce
+from kdlib.headline import headline
 from kdlib.plots import calibration as cplots
 
 cfg = presets.get(ce.NAME, SCALE)
@@ -137,4 +138,4 @@ if INTERACTIVE:
 
 # %%
 print(f"headline teacher: {cfg['headline_teacher']}")
-report.headline(**ce.headline_figures(summary, cfg["headline_teacher"]))
+headline(**ce.headline_figures(summary, cfg["headline_teacher"]))

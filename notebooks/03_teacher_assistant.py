@@ -57,7 +57,7 @@ pd.DataFrame(cfg["size_chains"]).fillna("(plain KD)")
 # ## Run (or load) the chains
 
 # %%
-df = ta.run(cfg, SCALE)
+df = ta.run(cfg, SCALE, progress=INTERACTIVE)  # no progress widgets in reports
 teacher_acc = df.groupby("teacher")["teacher_accuracy"].first().mul(100).round(2).to_dict()
 print(f"{len(df)} chains; teacher test accuracy (%): {teacher_acc}")
 

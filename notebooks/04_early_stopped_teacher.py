@@ -63,7 +63,7 @@ print(f"students from checkpoints {cfg['checkpoints']} and the final epoch "
 # ## Run (or load) the sweeps
 
 # %%
-curve, students = es.run(cfg, SCALE)
+curve, students = es.run(cfg, SCALE, progress=INTERACTIVE)  # no progress widgets in reports
 print(f"{len(curve['epoch'].unique())} checkpoints evaluated, {len(students)} students")
 
 # %% [markdown]

@@ -61,7 +61,7 @@ print(f"scale={SCALE}: teacher {cfg['teacher']} -> student {cfg['student']} on "
 # One cell per seed; finished cells are read back from `runs/<scale>/fidelity_exaggeration.sqlite`.
 
 # %%
-records = fe.run(cfg, SCALE)
+records = fe.run(cfg, SCALE, progress=INTERACTIVE)  # no progress widgets in reports
 df = fe.results_frame(records)
 summary = fe.summary_table(df)
 print(f"{len(df)} students ({df['seed'].nunique()} seeds); teacher test accuracy "

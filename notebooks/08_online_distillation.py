@@ -68,7 +68,7 @@ traj.pivot_table(index="epoch", columns="temperature", values="ece_at_tau").join
 # ## Run (or resume) the sweep
 
 # %%
-records = od.run(cfg, SCALE)
+records = od.run(cfg, SCALE, progress=INTERACTIVE)  # no progress widgets in reports
 df = od.results_frame(records)
 summary = od.summary_table(df)
 print(f"{len(df)} students, {df['seed'].nunique()} seeds")

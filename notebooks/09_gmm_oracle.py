@@ -66,7 +66,7 @@ paper_table("table1").groupby(["classes", "target"])["test_accuracy"].agg(["mean
 # ## Run (or resume) the sweep
 
 # %%
-records = go.run(cfg, SCALE)
+records = go.run(cfg, SCALE, progress=INTERACTIVE)  # no progress widgets in reports
 df = go.results_frame(records)
 print(f"{len(df)} students from {df['cell'].nunique()} tempered teachers per loss, "
       f"{df['seed'].nunique()} seeds")
