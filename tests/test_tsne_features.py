@@ -286,3 +286,27 @@ def test_tsne_panels_figure():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_claims_verdicts_from_paired_seeds():
+    rows = []
+    for seed in range(4):
+        for role, acc, sil in (("calibrated", 0.90 + seed / 100, 0.50 + seed / 50),
+                               ("miscalibrated", 0.88 + seed / 100, 0.60 + seed / 50)):
+            rows.append({"seed": seed, "role": role, "accuracy": acc, "ece": 0.05,
+                         "knn_accuracy": 0.9 + (seed % 2) / 100, "silhouette": sil,
+                         "n_confused": 3, "confused_fraction": 0.01,
+                         "separation_ratio": 3.0 + (role == "miscalibrated") * (1 + seed / 10)})
+    t = tf.claims(pd.DataFrame(rows)).set_index("claim")
+    v = t["verdict"].tolist()
+    # separation higher by 1.0-1.3, silhouette by exactly 0.1, accuracy lower by 2 points
+    # in every seed; 5-NN accuracy identical (difference 0: interval [0, 0] touches the null)
+    assert v == ["holds", "holds", "holds", "inconclusive"]
+    assert t["ours"].iloc[2] == "-2.00 pp"
+    assert t["n"].tolist() == [4, 4, 4, 4]
+    assert t["interval"].iloc[1] == (pytest.approx(0.1), pytest.approx(0.1))
+    # two seeds: n < 3, every claim inconclusive
+    two = tf.claims(pd.DataFrame([r for r in rows if r["seed"] < 2]))
+    assert set(two["verdict"]) == {"inconclusive"}
+    with pytest.raises(TypeError, match="DataFrame"):
+        tf.claims([1, 2])

@@ -472,3 +472,52 @@ def paired_differences(df: pd.DataFrame) -> pd.DataFrame:
                         for m in METRICS})
     out.loc["mean"] = out.mean()
     return out
+
+
+_CLAIMS = (  # (metric, kind, scale, unit, claim, paper evidence)
+    ("separation_ratio", "greater", 1.0, "",
+     "miscalibrated teacher's student: classes further apart (separation ratio)",
+     "Figure 5: inter-class distances slightly larger (no values printed)"),
+    ("silhouette", "greater", 1.0, "",
+     "miscalibrated teacher's student: higher silhouette",
+     "Figure 5: inter-class distances slightly larger (no values printed)"),
+    ("accuracy", "less", 100.0, " pp",
+     "miscalibrated teacher's student: lower test accuracy",
+     "Table 6: KD accuracy lower at the highest-ECE tau"),
+    ("knn_accuracy", "less", 100.0, " pp",
+     "miscalibrated teacher's student: lower 5-NN feature accuracy",
+     "Figure 5: more undistinguished samples (no values printed)"),
+)
+
+
+def _t_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of d and its t-interval (NaN interval for fewer than 2 finite values)."""
+    from scipy import stats
+
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, d.size - 1) * d.std(ddof=1) / d.size ** 0.5)
+    return mean, mean - half, mean + half
+
+
+def claims(df: pd.DataFrame) -> pd.DataFrame:
+    """Figure 5's claims as a kdlib.claims table: per seed, miscalibrated minus calibrated
+    student (`paired_differences`), mean with a 95% t-interval over seeds (n = seeds).
+    Claimed: separation ratio and silhouette higher (> 0, their own units), test and 5-NN
+    accuracy lower (< 0, percentage points). df: run(...)[0]."""
+    from kdlib import claims as cl
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a DataFrame (run(...)[0]), got {type(df).__name__}")
+    d = paired_differences(df).drop(index="mean")
+    rows = []
+    for metric, kind, scale, unit, text, paper in _CLAIMS:
+        values = scale * d[metric].to_numpy(dtype=float)
+        mean, lo, hi = _t_interval(values)
+        rows.append(cl.claim(text, paper, mean, lo, hi, int(np.isfinite(values).sum()), kind,
+                             unit=unit, digits=3 if scale == 1.0 else 2))
+    return cl.claims_table(rows)
