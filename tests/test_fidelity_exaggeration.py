@@ -208,3 +208,33 @@ def test_plots_draw_the_tables():
     assert len(fig.axes) == 1
     with pytest.raises(ValueError, match="columns"):
         beyond.fidelity_scatter(s.drop(columns=["agreement"]))
+
+
+def test_claims_from_correlation_rows():
+    def row(loss, x, y, rho, lo, hi, n=3):
+        return {"loss": loss, "x": x, "y": y, "rho": rho, "lo": lo, "hi": hi, "n_cells": 6,
+                "n_seeds": n}
+    corr = pd.DataFrame([
+        row("kd", "agreement", "accuracy", 0.8, 0.5, 1.0),
+        row("kd", "kl_teacher_student", "accuracy", -0.5, -0.8, 0.1),
+        row("kd", "teacher_ece_at_tau", "accuracy", -0.6, -0.9, -0.2),
+        row("dist", "agreement", "accuracy", -0.9, -1.0, -0.6),
+        row("dist", "teacher_ece_at_tau", "accuracy", 0.1, -0.3, 0.4),
+        row("both", "agreement", "accuracy", 0.9, 0.7, 1.0)])
+    t = fe.claims(corr).set_index("claim")
+    # dist first (sorted); dist has no KL row, so no claim for it; "both" gives none
+    assert list(t.index) == [
+        "dist: higher agreement with the teacher, higher accuracy",
+        "DIST insensitive to teacher ECE",
+        "kd: higher agreement with the teacher, higher accuracy",
+        "kd: lower KL to the teacher, higher accuracy", "kd falls as teacher ECE rises"]
+    assert t["verdict"].tolist() == ["does not hold", "holds", "holds", "inconclusive",
+                                     "holds"]
+    assert t.loc["kd falls as teacher ECE rises", "ours"] == "-60%"
+    assert t.loc["kd falls as teacher ECE rises", "interval"] == (-90.0, -20.0)
+    # NaN correlations (fewer than 3 temperatures) and too few seeds: inconclusive
+    nan = corr.assign(rho=float("nan"), lo=float("nan"), hi=float("nan"))
+    assert set(fe.claims(nan)["verdict"]) == {"inconclusive"}
+    assert set(fe.claims(corr.assign(n_seeds=2))["verdict"]) == {"inconclusive"}
+    with pytest.raises(ValueError, match="n_seeds"):
+        fe.claims(corr.drop(columns="n_seeds"))

@@ -317,3 +317,43 @@ def exaggeration_table(df: pd.DataFrame) -> pd.DataFrame:
     out["exaggeration_t1_min"] = g["exaggeration_t1"].min()
     out["exaggeration_t1_max"] = g["exaggeration_t1"].max()
     return out.reset_index()
+
+
+def claims(corr: pd.DataFrame) -> pd.DataFrame:
+    """The notebook's claims as a kdlib.claims table, from `fidelity_correlations` rows
+    (Spearman in percent across temperatures, bootstrap interval over seeds, n = seeds).
+    Per loss (not the pooled "both" row): fidelity goes with accuracy (agreement vs accuracy
+    > 0, KL(teacher || student) vs accuracy < 0); the paper's Tables 6, 9: KD accuracy falls
+    as the teacher's ECE at tau rises (< 0), DIST insensitive
+    (|rho| <= temperature_sweep.DIST_TOLERANCE). A missing row or NaN rho (fewer than 3
+    temperatures) gives no row / 'inconclusive'."""
+    from kdlib import claims as cl
+    from kdlib.experiments.temperature_sweep import DIST_TOLERANCE
+
+    if not isinstance(corr, pd.DataFrame):
+        raise TypeError(f"corr must be a DataFrame (fidelity_correlations), got "
+                        f"{type(corr).__name__}")
+    _need(corr, ["loss", "x", "y", "rho", "lo", "hi", "n_seeds"])
+    stanton = "Stanton et al. 2021: fidelity need not go with accuracy (no values here)"
+    rows = []
+    for loss in sorted(set(corr["loss"]) - {"both"}):
+        g = corr[corr["loss"] == loss].set_index(["x", "y"])
+        specs = [(("agreement", "accuracy"), "greater", None,
+                  f"{loss}: higher agreement with the teacher, higher accuracy", stanton),
+                 (("kl_teacher_student", "accuracy"), "less", None,
+                  f"{loss}: lower KL to the teacher, higher accuracy", stanton)]
+        if loss == "dist":
+            specs.append((("teacher_ece_at_tau", "accuracy"), "insensitive", DIST_TOLERANCE,
+                          "DIST insensitive to teacher ECE", "Tables 6, 9: DIST rho -50% to 8%"))
+        else:
+            specs.append((("teacher_ece_at_tau", "accuracy"), "less", None,
+                          f"{loss} falls as teacher ECE rises",
+                          "Tables 6, 9: KD rho -99% to -32%"))
+        for key, kind, tol, text, paper in specs:
+            if key not in g.index:
+                continue
+            r = g.loc[key]
+            rows.append(cl.claim(text, paper, 100 * float(r["rho"]), 100 * float(r["lo"]),
+                                 100 * float(r["hi"]), int(r["n_seeds"]), kind,
+                                 tolerance=tol, unit="%", digits=0))
+    return cl.claims_table(rows)
