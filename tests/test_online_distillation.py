@@ -233,3 +233,24 @@ def test_plots_draw_the_tables():
                          "accuracy": [0.8, 0.8, 0.9, 0.9], "ece_at_tau": [0.1, 0.4, 0.05, 0.5]})
     fig = beyond.teacher_trajectory(traj, early_epoch=5)
     assert len(fig.axes[1].lines) == 2 + 1  # two temperatures and the early-stop line
+
+
+def test_claims_paired_by_seed():
+    rows = []
+    for seed in range(3):
+        for mode, bonus in (("online", 0.02 + 0.001 * seed), ("final", 0.0),
+                            ("early", -0.01 - 0.002 * seed)):
+            rows.append({"seed": seed, "mode": mode, "loss": "kd", "temperature": 4.0,
+                         "accuracy": 0.9 + bonus + 0.01 * seed})
+    t = od.claims(pd.DataFrame(rows))
+    # online 2.0-2.2 points above final in every seed: holds; early below: does not hold
+    assert t["claim"].tolist() == ["online teacher's student > final's, kd T=4",
+                                   "early teacher's student > final's, kd T=4"]
+    assert t["verdict"].tolist() == ["holds", "does not hold"]
+    assert t["ours"].tolist() == ["2.10 pp", "-1.20 pp"]
+    assert t["n"].tolist() == [3, 3]
+    # the seed effect (0.01 * seed) cancels in the pairing: two seeds are too few
+    assert set(od.claims(_df())["verdict"]) == {"inconclusive"}
+    assert od.claims(_df())["ours"].tolist() == ["2.00 pp", "-1.00 pp"]
+    with pytest.raises(ValueError, match="columns"):
+        od.claims(pd.DataFrame(rows).drop(columns="mode"))

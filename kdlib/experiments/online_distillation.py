@@ -301,3 +301,43 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
                 gain_vs_final=("gain_vs_final", "mean"),
                 gain_sd=("gain_vs_final", "std"))
     return out.reset_index()
+
+
+def claims(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Online and early-stopped distillation against the final teacher as a kdlib.claims
+    table: per (loss, temperature) and mode ("online", then "early" when it ran), student
+    accuracy minus that of the final-teacher student of the same seed, in percentage points:
+    mean with a t-interval over seeds (n = seeds with both students). Claimed > 0
+    (Harutyunyan et al. 2023 for online; the paper's Table 4 for early stopping).
+    df: results_frame."""
+    from scipy import stats
+
+    from kdlib import claims as cl
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a DataFrame (results_frame), got {type(df).__name__}")
+    need = ["seed", "mode", "loss", "temperature", "accuracy"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table; it has {list(df.columns)}")
+    if not 0 < float(level) < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    evidence = {"online": "Harutyunyan et al. 2023: online beats the final teacher (CIFAR)",
+                "early": "Table 4: early checkpoint's student >= the final's"}
+    key = ["loss", "temperature", "seed"]
+    final = df[df["mode"] == "final"].set_index(key)["accuracy"]
+    rows = []
+    for (loss, t), g in df.groupby(["loss", "temperature"], sort=True):
+        for mode in ("online", "early"):
+            m = g[g["mode"] == mode].set_index(key)["accuracy"]
+            if m.empty:
+                continue
+            d = 100 * (m - final.reindex(m.index)).dropna().to_numpy(dtype=float)
+            n = d.size
+            mean = float(d.mean()) if n else float("nan")
+            half = (float(stats.t.ppf((1 + level) / 2, n - 1) * d.std(ddof=1) / n ** 0.5)
+                    if n > 1 else float("nan"))
+            rows.append(cl.claim(f"{mode} teacher's student > final's, {loss} T={t:g}",
+                                 evidence[mode], mean, mean - half, mean + half, n,
+                                 "greater", unit=" pp"))
+    return cl.claims_table(rows)
