@@ -195,3 +195,27 @@ def test_oracle_scatter_draws_each_loss():
     assert len(fig.axes) == 4
     assert len(fig.axes[0].collections) == 3  # one scatter per temperature
     assert isinstance(pd.DataFrame(cells), pd.DataFrame)
+
+
+def test_claims_from_proxy_rows():
+    def row(loss, x, y, rho, lo, hi, n=3):
+        return {"task": "gmm", "loss": loss, "x": x, "y": y, "rho": rho, "lo": lo, "hi": hi,
+                "n_cells": 9, "n_seeds": n}
+    corr = pd.DataFrame([
+        row("teachers", "teacher_ece_at_tau", "kl_to_posterior", 0.95, 0.9, 0.97),
+        row("teachers", "teacher_ece_at_tau", "tv_to_posterior", 0.5, -0.1, 0.8),
+        row("kd", "teacher_ece_at_tau", "accuracy", 0.3, 0.1, 0.5),
+        row("kd", "kl_to_posterior", "accuracy", -0.3, -0.4, -0.2),
+        row("dist", "teacher_ece_at_tau", "accuracy", -0.02, -0.2, 0.03)])
+    t = go.claims(corr).set_index("claim")
+    assert list(t.index) == ["gmm: ECE ranks teachers as the true KL does",
+                             "gmm: ECE ranks teachers as the true TV does",
+                             "gmm: DIST insensitive to teacher ECE",
+                             "gmm: kd falls as teacher ECE rises",
+                             "gmm: kd falls as the teacher's true KL rises"]
+    assert t["verdict"].tolist() == ["holds", "inconclusive", "holds", "does not hold",
+                                     "holds"]
+    assert t.loc["gmm: ECE ranks teachers as the true KL does", "ours"] == "95%"
+    assert set(go.claims(corr.assign(n_seeds=2))["verdict"]) == {"inconclusive"}
+    with pytest.raises(ValueError, match="rho"):
+        go.claims(corr.drop(columns="rho"))

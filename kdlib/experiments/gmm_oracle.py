@@ -309,3 +309,50 @@ def best_teachers(df: pd.DataFrame) -> pd.DataFrame:
                          "kl_to_posterior": g.at[i, "kl_to_posterior"]})
     return pd.DataFrame(rows)
 
+
+
+def claims(corr: pd.DataFrame) -> pd.DataFrame:
+    """The oracle's claims as a kdlib.claims table, from `proxy_correlations` rows
+    (Spearman in percent across the tempered teachers, bootstrap interval over seeds,
+    n = seeds). Per task: the teachers' ECE ranks them as their true calibration error does
+    (ECE vs KL and vs TV to the posterior > 0); per loss (y = "accuracy"): the student falls
+    as the teacher's ECE at tau rises (< 0; for "dist" the paper's insensitivity,
+    |rho| <= temperature_sweep.DIST_TOLERANCE) and as its true KL to the posterior rises
+    (< 0; not for "dist"). Missing rows give no claim; NaN rho gives 'inconclusive'."""
+    from kdlib import claims as cl
+    from kdlib.experiments.temperature_sweep import DIST_TOLERANCE
+
+    if not isinstance(corr, pd.DataFrame):
+        raise TypeError(f"corr must be a DataFrame (proxy_correlations), got "
+                        f"{type(corr).__name__}")
+    need = ["task", "loss", "x", "y", "rho", "lo", "hi", "n_seeds"]
+    missing = [c for c in need if c not in corr.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table; it has {list(corr.columns)}")
+    oracle = "oracle check of the paper's use of ECE (no paper values)"
+    rows = []
+    for task, g_task in corr.groupby("task", sort=True):
+        specs = [("teachers", "teacher_ece_at_tau", "kl_to_posterior", "greater", None,
+                  f"{task}: ECE ranks teachers as the true KL does", oracle),
+                 ("teachers", "teacher_ece_at_tau", "tv_to_posterior", "greater", None,
+                  f"{task}: ECE ranks teachers as the true TV does", oracle)]
+        for loss in sorted(set(g_task["loss"]) - {"teachers"}):
+            if loss == "dist":
+                specs.append((loss, "teacher_ece_at_tau", "accuracy", "insensitive",
+                              DIST_TOLERANCE, f"{task}: DIST insensitive to teacher ECE",
+                              "Tables 6, 9: DIST rho -50% to 8%"))
+                continue
+            specs += [(loss, "teacher_ece_at_tau", "accuracy", "less", None,
+                       f"{task}: {loss} falls as teacher ECE rises",
+                       "Tables 6, 9: KD rho -99% to -32%"),
+                      (loss, "kl_to_posterior", "accuracy", "less", None,
+                       f"{task}: {loss} falls as the teacher's true KL rises", oracle)]
+        g = g_task.set_index(["loss", "x", "y"])
+        for loss, x, y, kind, tol, text, paper in specs:
+            if (loss, x, y) not in g.index:
+                continue
+            r = g.loc[(loss, x, y)]
+            rows.append(cl.claim(text, paper, 100 * float(r["rho"]), 100 * float(r["lo"]),
+                                 100 * float(r["hi"]), int(r["n_seeds"]), kind,
+                                 tolerance=tol, unit="%", digits=0))
+    return cl.claims_table(rows)
