@@ -101,6 +101,24 @@ def spearman_table(df: pd.DataFrame, x: str, y: str, by: str = "loss", **kwargs)
     return pd.DataFrame(rows)
 
 
+def mean_t_interval(d, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the finite values of d, with Student's t-interval at `level`
+    (e.g. paired differences over seeds). NaN mean with no finite value; NaN interval with
+    fewer than 2."""
+    level = check_real(level, "level")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    d = np.asarray(d, dtype=float).ravel()
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, d.size - 1) * d.std(ddof=1) / d.size ** 0.5)
+    return mean, mean - half, mean + half
+
+
 def fit_line(x, y) -> tuple[float, float]:
     """Least-squares line y = slope * x + intercept of finite 1-D x, y (>= 2 points, x not
     constant); returns (slope, intercept)."""

@@ -90,3 +90,18 @@ def test_paper_tables_load():
     assert len(t1) == 20 and set(t1["target"]) == {"one-hot", "posterior"}
     with pytest.raises(ValueError, match="table6"):
         paper_table("table99")
+
+
+def test_mean_t_interval_matches_the_hand_computed_interval():
+    from kdlib.analysis import mean_t_interval
+
+    # d = 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.3026527297 (tables) -> half = t / sqrt(3)
+    mean, lo, hi = mean_t_interval([1.0, 2.0, 3.0, float("nan")])
+    half = 4.3026527297 / 3 ** 0.5
+    assert mean == 2.0
+    assert abs(lo - (2 - half)) < 1e-9 and abs(hi - (2 + half)) < 1e-9
+    one = mean_t_interval([5.0])
+    assert one[0] == 5.0 and all(v != v for v in one[1:])
+    assert all(v != v for v in mean_t_interval([]))
+    with pytest.raises(ValueError, match="level"):
+        mean_t_interval([1.0, 2.0], level=1.5)

@@ -464,9 +464,8 @@ def claims(runs: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     student's accuracy falls as the target's ECE rises (Spearman in percent, interval over
     runs, n = runs; claimed < 0). runs: runs_frame (classes, arm, run, accuracy_pct,
     accuracy, target_ece)."""
-    from scipy import stats
-
     from kdlib import claims as cl
+    from kdlib.analysis import mean_t_interval
 
     need = ["classes", "arm", "run", "accuracy_pct", "accuracy", "target_ece"]
     if not isinstance(runs, pd.DataFrame):
@@ -480,12 +479,10 @@ def claims(runs: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
         b = df[df["arm"] == ONE_HOT].set_index("run")["accuracy_pct"]
         d = (a - b).dropna().to_numpy(float)
         if d.size:
-            half = (float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / d.size ** 0.5)
-                    if d.size > 1 else float("nan"))
+            mean, lo, hi = mean_t_interval(d)
             rows.append(cl.claim(f"posterior teacher beats one-hot labels ({classes} classes)",
                                  "Table 1: higher mean accuracy with the posterior",
-                                 d.mean(), d.mean() - half, d.mean() + half, d.size,
-                                 "greater", unit=" pp"))
+                                 mean, lo, hi, d.size, "greater", unit=" pp"))
         post = df[df["arm"] != ONE_HOT]
         rows.append(cl.spearman_claim(
             post, "target_ece", "accuracy", f"student falls as target ECE rises ({classes} "

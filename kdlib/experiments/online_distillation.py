@@ -310,9 +310,8 @@ def claims(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     mean with a t-interval over seeds (n = seeds with both students). Claimed > 0
     (Harutyunyan et al. 2023 for online; the paper's Table 4 for early stopping).
     df: results_frame."""
-    from scipy import stats
-
     from kdlib import claims as cl
+    from kdlib.analysis import mean_t_interval
 
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df must be a DataFrame (results_frame), got {type(df).__name__}")
@@ -333,11 +332,7 @@ def claims(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             if m.empty:
                 continue
             d = 100 * (m - final.reindex(m.index)).dropna().to_numpy(dtype=float)
-            n = d.size
-            mean = float(d.mean()) if n else float("nan")
-            half = (float(stats.t.ppf((1 + level) / 2, n - 1) * d.std(ddof=1) / n ** 0.5)
-                    if n > 1 else float("nan"))
+            mean, lo, hi = mean_t_interval(d, level)
             rows.append(cl.claim(f"{mode} teacher's student > final's, {loss} T={t:g}",
-                                 evidence[mode], mean, mean - half, mean + half, n,
-                                 "greater", unit=" pp"))
+                                 evidence[mode], mean, lo, hi, d.size, "greater", unit=" pp"))
     return cl.claims_table(rows)

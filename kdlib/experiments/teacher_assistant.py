@@ -22,11 +22,10 @@ import json
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from kdlib import presets
 from kdlib._validate import check_int, check_positive
-from kdlib.analysis import bootstrap_spearman, spearman
+from kdlib.analysis import bootstrap_spearman, mean_t_interval, spearman
 from kdlib.recipe import recipe_from_spec
 
 NAME = "teacher_assistant"
@@ -472,10 +471,10 @@ def paired_difference(df: pd.DataFrame, value: str, by: str, a, b, groups=(),
         d = g["d"].to_numpy(float)
         n = d.size
         sd = float(d.std(ddof=1)) if n > 1 else float("nan")
-        half = float(stats.t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else np.nan
+        mean, lo, hi = mean_t_interval(d, level)
         name = name if isinstance(name, tuple) else (name,)
-        rows.append({**dict(zip(groups, name)), "diff": float(d.mean()), "std": sd,
-                     "lo": float(d.mean() - half), "hi": float(d.mean() + half), "n": n})
+        rows.append({**dict(zip(groups, name)), "diff": mean, "std": sd,
+                     "lo": lo, "hi": hi, "n": n})
     return pd.DataFrame(rows, columns=[*groups, "diff", "std", "lo", "hi", "n"])
 
 

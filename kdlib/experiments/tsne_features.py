@@ -490,26 +490,13 @@ _CLAIMS = (  # (metric, kind, scale, unit, claim, paper evidence)
 )
 
 
-def _t_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of d and its t-interval (NaN interval for fewer than 2 finite values)."""
-    from scipy import stats
-
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(d.mean())
-    if d.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf((1 + level) / 2, d.size - 1) * d.std(ddof=1) / d.size ** 0.5)
-    return mean, mean - half, mean + half
-
-
 def claims(df: pd.DataFrame) -> pd.DataFrame:
     """Figure 5's claims as a kdlib.claims table: per seed, miscalibrated minus calibrated
     student (`paired_differences`), mean with a 95% t-interval over seeds (n = seeds).
     Claimed: separation ratio and silhouette higher (> 0, their own units), test and 5-NN
     accuracy lower (< 0, percentage points). df: run(...)[0]."""
     from kdlib import claims as cl
+    from kdlib.analysis import mean_t_interval
 
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df must be a DataFrame (run(...)[0]), got {type(df).__name__}")
@@ -517,7 +504,7 @@ def claims(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for metric, kind, scale, unit, text, paper in _CLAIMS:
         values = scale * d[metric].to_numpy(dtype=float)
-        mean, lo, hi = _t_interval(values)
+        mean, lo, hi = mean_t_interval(values)
         rows.append(cl.claim(text, paper, mean, lo, hi, int(np.isfinite(values).sum()), kind,
                              unit=unit, digits=3 if scale == 1.0 else 2))
     return cl.claims_table(rows)
