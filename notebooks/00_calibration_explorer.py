@@ -115,24 +115,23 @@ if INTERACTIVE:
 
 # %% [markdown]
 # ## What this shows
-# At default scale (digits, 539 test images; the numbers are printed above):
+# How to read the figures and the summary table above (their numbers are computed in this
+# run, at whatever scale it was run):
 #
-# * The three teachers sit in three calibration regimes at tau = 1. The default-recipe
-#   resnet20 is nearly calibrated (accuracy 98.7%, ECE 0.7%, fitted T 0.94); the resnet8
-#   stopped after 5 epochs is under-confident (bars above the diagonal, ECE 4.5%, fitted
-#   T 0.60); the resnet20 trained on 250 of the 1,258 training images is over-confident
-#   (bars below the diagonal, ECE 2.1%, fitted T 1.23).
-# * Temperature scaling brings all three to 1-2% ECE. With this few test samples that is
-#   about the noise floor: fitted on one half and measured on the other ("2-fold"), every
-#   teacher lands at 1.6-1.9%. Minimizing NLL does not minimize ECE (resnet20: 0.7% at T = 1,
-#   0.9% at its fitted T). MCE (50-68%) is set by bins holding one to three images (see the
-#   histograms), so at this test-set size it says little.
-# * Above T of about 2 the ECE of every teacher climbs steeply (to 63-74% at T = 8, toward
-#   accuracy - 1/10) because all confidences fall toward 1/C while the accuracy does not
-#   change. That is the shape of the paper's Table 6 for its CIFAR-100 teachers, which are
-#   over-confident at tau = 1 (ECE 8.7-14%) and best calibrated near tau = 1.5; our digits
-#   teachers have their ECE minimum at T = 0.56-1.24. So the distillation temperature decides
-#   how calibrated the teacher's targets are at least as much as the teacher does.
+# * Each teacher's reliability diagram at tau = 1 places it in a calibration regime: bars
+#   above the diagonal mean under-confident, below it over-confident; the table's fitted T
+#   says the same in one number (T < 1 sharpens an under-confident teacher, T > 1 softens an
+#   over-confident one).
+# * Temperature scaling lowers every teacher's ECE, down to roughly the noise floor of the
+#   test-set size; the "2-fold" column (fitted on one half, measured on the other) shows that
+#   floor. Minimizing NLL is not minimizing ECE, so ECE at the fitted T can be above ECE at
+#   T = 1. MCE is set by the emptiest bins (see the histograms) and says little on small test
+#   sets.
+# * At large T every teacher's ECE climbs toward accuracy - 1/C, because all confidences fall
+#   toward 1/C while the accuracy does not change. That is the shape of the paper's Table 6
+#   for its CIFAR-100 teachers, which are over-confident at tau = 1 (ECE 8.7-14%) and best
+#   calibrated near tau = 1.5: the distillation temperature decides how calibrated the
+#   teacher's targets are at least as much as the teacher does.
 #
 # The headline figures are for the teacher named below.
 
