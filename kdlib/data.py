@@ -48,6 +48,8 @@ __all__ = [
     "extract_archive",
     "stratified_indices",
     "channel_stats",
+    "missing_dataset",
+    "DATASET_FILES",
 ]
 
 DATASET_NAMES = ("digits", "gmm10", "gmm100", "cifar10", "cifar100", "tinyimagenet")
@@ -275,6 +277,37 @@ def load_dataset(name, root="data", download: bool = False, seed: int = 0,
     if n_train is not None or n_test is not None:
         data = data.subset(n_train, n_test, seed=seed)
     return data
+
+
+# The files a file data set is read from: (folder, archive, URL), either one will do.
+DATASET_FILES = {
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_URL),
+    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_URL),
+    "tinyimagenet": ("tiny-imagenet-200", "tiny-imagenet-200.zip", TINYIMAGENET_URL),
+}
+
+
+def missing_dataset(name: str, root="data") -> str | None:
+    """None when data set `name` can be loaded from `root` without a download; otherwise
+    one sentence naming the file to fetch (embedded data sets are never missing).
+
+    Only presence is checked (a folder, an archive or Tiny-ImageNet's decoded cache);
+    a damaged file still fails in `load_dataset`, with its own message.
+    """
+    key = check_choice(name.lower() if isinstance(name, str) else name, "name", DATASET_NAMES)
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or Path), got {type(root).__name__}")
+    if key not in DATASET_FILES:
+        return None
+    root = Path(root)
+    folder, archive, url = DATASET_FILES[key]
+    present = [root / folder, root / archive]
+    if key == "tinyimagenet":
+        present.append(root / "tiny-imagenet-200.cache.pt")
+    if any(p.exists() for p in present):
+        return None
+    return (f"{key} is not in {str(root)!r}: put {archive} (from {url}) or its extracted "
+            f"folder {folder}/ there, or load it once with download=True")
 
 
 def _is_gmm_task(obj) -> bool:

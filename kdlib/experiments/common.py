@@ -37,13 +37,33 @@ def teacher_cache_dir() -> Path:
     return data_root() / "teachers"
 
 
-def store_path(experiment: str, scale: str) -> Path:
-    """The sweep store of `experiment` at `scale`: runs/<scale>/<experiment>.sqlite."""
+def run_name(scale: str, dry_run: bool = False) -> str:
+    """The folder name of a run under runs/ and reports/: the scale, or
+    "<scale>-dry-run" for a dry run (so a dry run never mixes with real results)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    path = project_dir() / "runs" / scale / f"{experiment}.sqlite"
+    if not isinstance(dry_run, bool):
+        raise TypeError(f"dry_run must be True or False, got {dry_run!r}")
+    return f"{scale}-dry-run" if dry_run else scale
+
+
+def store_path(experiment: str, scale: str, dry_run: bool = False) -> Path:
+    """The sweep store of `experiment` at `scale`: runs/<scale>/<experiment>.sqlite
+    (runs/<scale>-dry-run/... for a dry run)."""
+    path = project_dir() / "runs" / run_name(scale, dry_run) / f"{experiment}.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def missing_data(spec: dict) -> str | None:
+    """None when the data set of a data spec ({"name": ...}) is in the data folder;
+    otherwise the sentence naming the file to fetch (`kdlib.data.missing_dataset`).
+    Experiments skip the tables whose data is missing instead of failing."""
+    from kdlib.data import missing_dataset
+
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"data spec must be a dict with a 'name', got {spec!r}")
+    return missing_dataset(spec["name"], data_root())
 
 
 @lru_cache(maxsize=16)
