@@ -190,3 +190,36 @@ def spearman_claim(df: pd.DataFrame, x: str, y: str, claim_text: str, paper_evid
         rho, lo, hi, n = r["rho"], r["lo"], r["hi"], r["n_seeds"]
     return claim(claim_text, paper_evidence, scale * rho, scale * lo, scale * hi, n, kind,
                  tolerance=tolerance, unit=unit, digits=digits)
+
+
+def verdict_bundle(table: pd.DataFrame) -> dict:
+    """The bundle `show` publishes for the verdict line: {"line", "counts"} under
+    kdlib.headline.VERDICT_MIMETYPE, plus text/plain and text/markdown."""
+    from kdlib.headline import VERDICT_MIMETYPE
+
+    line = verdict_line(table)
+    n = counts(table)
+    summary = ", ".join(f"{k} {v}" for k, v in n.items())
+    text = f"Verdicts ({summary}): {line}" if line else "Verdicts: no claims"
+    return {VERDICT_MIMETYPE: {"line": line, "counts": n}, "text/plain": text,
+            "text/markdown": f"**Verdicts** ({summary}): {line}\n" if line
+            else "**Verdicts:** no claims\n"}
+
+
+def show(table: pd.DataFrame) -> None:
+    """Display a claims table and its verdict line (`verdict_line`), the line marked so
+    that the report runner puts it into the notebook's row of the index. Outside IPython
+    both are printed."""
+    _check_table(table)
+    bundle = verdict_bundle(table)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - IPython ships with ipykernel
+        get_ipython = lambda: None  # noqa: E731
+    if get_ipython() is None:
+        print(table.to_string(index=False))
+        print(bundle["text/plain"])
+        return
+    display(table)
+    display(bundle, raw=True)

@@ -309,7 +309,7 @@ def test_headline_figures_in_summary_and_index(run):
     for stem in NOTEBOOKS:
         page = f"{stem}.failed.html" if stem == "01_raises" else f"{stem}.html"
         assert f'<a href="{page}">{stem}</a>' in index
-    assert "accuracy: <b>0.97</b>" in index
+    assert "accuracy: <b>0.970</b>" in index
     assert "ECE (teacher): <b>0.12</b>" in index
     assert index.count('class="ok">ok<') == 2
     assert index.count('class="failed">failed<') == 1
@@ -379,7 +379,7 @@ def test_index_keeps_earlier_entries_of_the_same_scale(rerun):
     assert [e["name"] for e in summary["notebooks"]] == [*NOTEBOOKS, "03_sleeps"]
     assert _entry(out, "00_headline")["headline"]["accuracy"] == 0.97
     index = (out / "index.html").read_text()
-    assert "accuracy: <b>0.97</b>" in index and "03_sleeps.failed.html" in index
+    assert "accuracy: <b>0.970</b>" in index and "03_sleeps.failed.html" in index
 
 
 # --------------------------------------------------------------------------- stopped run
@@ -620,9 +620,9 @@ def test_headline_bundle_values_and_renderings():
                     "loss": 1.5}
     assert type(data["n"]) is int and type(data["ECE (teacher)"]) is float
     assert b["text/plain"].splitlines() == [
-        "ECE (teacher): 0.25", "acc: 0.971235", "n: 3", "model: resnet8", "loss: 1.5"
+        "ECE (teacher): 0.250", "acc: 0.971", "n: 3", "model: resnet8", "loss: 1.50"
     ]
-    assert "| acc | 0.971235 |" in b["text/markdown"]
+    assert "| acc | 0.971 |" in b["text/markdown"]
     json.dumps(data, allow_nan=False)  # plain JSON
 
 
@@ -657,7 +657,7 @@ def test_headline_lives_in_its_own_module_and_report_reexports_it():
 
 def test_headline_outside_ipython_prints_text(capsys):
     report.headline(accuracy=0.5)
-    assert capsys.readouterr().out == "accuracy: 0.5\n"
+    assert capsys.readouterr().out == "accuracy: 0.500\n"
 
 
 def test_collect_headlines_later_values_win():
