@@ -41,21 +41,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kdlib._validate import as_named_tensor, check_int, check_positive
+from kdlib._validate import as_named_tensor, check_choice, check_int, check_positive
 from kdlib._validate import check_real as _check_real
 
 __all__ = [
     "MAX_BINS",
     "MAX_TEMPERATURES",
+    "BINNINGS",
     "ROW_SUM_TOLERANCE",
     "TEMPERATURE_MAX",
     "TEMPERATURE_MIN",
+    "BinnedCalibration",
     "ReliabilityBins",
     "adaptive_ece",
+    "adaptive_ece_vs_temperature",
+    "binned_calibration",
     "brier_score",
     "classwise_ece",
     "ece",
     "ece_vs_temperature",
+    "equal_mass_bins",
     "fit_temperature",
     "mce",
     "nll",
@@ -76,6 +81,9 @@ MAX_BINS = 10_000
 MAX_TEMPERATURES = 1_000
 """Most temperatures in one ece_vs_temperature / nll_vs_temperature call."""
 _MAX_CLASS_BINS = 2**25  # classwise_ece: C * n_bins sums (two float64 arrays, 256 MB each)
+BINNINGS = ("equal_width", "equal_mass")
+"""The two binnings of `binned_calibration`: equal-width ((m-1)/M, m/M] bins (the paper's
+rule, `reliability_bins`) and equal-mass bins (`equal_mass_bins`, as `adaptive_ece`)."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -373,6 +381,91 @@ def adaptive_ece(probs, labels, n_bins: int = 15) -> float:
     return float((sum_correct - sum_conf).abs().sum() / n)
 
 
+@dataclass(frozen=True)
+class BinnedCalibration:
+    """Per-bin statistics of a reliability diagram, for either binning (`BINNINGS`).
+
+    edges: (n_bins + 1,) float64, nondecreasing, in [0, 1]. Equal width: m/M. Equal mass
+        (for plotting; membership is by rank): from the smallest to the largest confidence,
+        interior edge m halfway between the largest confidence of bin m-1 and the smallest
+        of bin m.
+    confidence, accuracy: (n_bins,) mean confidence and fraction correct; NaN if empty.
+    count: (n_bins,) int64 samples per bin.
+    binning: "equal_width" or "equal_mass".
+    `ece` and `mce` (fractions in [0, 1]) equal `ece`/`mce` (equal width) or `adaptive_ece`
+    (equal mass) of the same inputs.
+    """
+
+    edges: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+    binning: str = "equal_width"
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.count.shape[0])
+
+    @property
+    def ece(self) -> float:
+        """sum over bins of count/N * |accuracy - confidence| (empty bins add 0)."""
+        full = self.count > 0
+        n = self.count.sum()
+        gaps = np.abs(self.accuracy[full] - self.confidence[full])
+        return float((self.count[full] / n * gaps).sum())
+
+    @property
+    def mce(self) -> float:
+        """max over non-empty bins of |accuracy - confidence|."""
+        full = self.count > 0
+        return float(np.abs(self.accuracy[full] - self.confidence[full]).max())
+
+
+def equal_mass_bins(probs, labels, n_bins: int = 15) -> BinnedCalibration:
+    """Equal-mass reliability bins of N x C `probs` against N `labels`.
+
+    Samples are sorted by confidence (stable) and the sample of rank r (0-based) goes to
+    bin floor(r * n_bins / N), as in `adaptive_ece`, so the result's `ece` equals
+    adaptive_ece. With N < n_bins some bins are empty (count 0, NaN statistics, a
+    zero-width slot at the neighbour's edge).
+    """
+    n_bins = _check_n_bins(n_bins)
+    p, y = _check_probs(probs, labels)
+    conf_t, correct_t = _confidences(p, y)
+    conf = conf_t.double().cpu().numpy()
+    correct = correct_t.cpu().numpy()
+    n = conf.shape[0]
+    order = np.argsort(conf, kind="stable")
+    conf, correct = conf[order], correct[order].astype(np.float64)
+    bins = np.arange(n, dtype=np.int64) * n_bins // n
+    count = np.bincount(bins, minlength=n_bins).astype(np.int64)
+    sum_conf = np.bincount(bins, weights=conf, minlength=n_bins)
+    sum_correct = np.bincount(bins, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.where(count > 0, sum_conf / np.maximum(count, 1), np.nan)
+        acc = np.where(count > 0, sum_correct / np.maximum(count, 1), np.nan)
+    edges = np.empty(n_bins + 1)
+    edges[0], edges[-1] = conf[0], conf[-1]
+    starts = np.concatenate([[0], np.cumsum(count)])  # first rank of each bin
+    for m in range(1, n_bins):
+        # Halfway between the last sample before bin m and the first one from bin m on.
+        lo = conf[starts[m] - 1] if starts[m] > 0 else conf[0]
+        hi = conf[starts[m]] if starts[m] < n else conf[-1]
+        edges[m] = 0.5 * (lo + hi)
+    edges = np.maximum.accumulate(np.clip(edges, 0.0, 1.0))
+    return BinnedCalibration(edges, mean_conf, acc, count, "equal_mass")
+
+
+def binned_calibration(probs, labels, n_bins: int = 15,
+                       binning: str = "equal_width") -> BinnedCalibration:
+    """Reliability statistics of N x C `probs` against N `labels` with `n_bins` bins of
+    `binning` ("equal_width": `reliability_bins`; "equal_mass": `equal_mass_bins`)."""
+    if check_choice(binning, "binning", BINNINGS) == "equal_mass":
+        return equal_mass_bins(probs, labels, n_bins)
+    rb = reliability_bins(probs, labels, n_bins)
+    return BinnedCalibration(rb.edges, rb.confidence, rb.accuracy, rb.count, binning)
+
+
 def classwise_ece(probs, labels, n_bins: int = 15) -> float:
     """Class-wise ECE (Kull et al. 2019), a fraction in [0, 1].
 
@@ -472,6 +565,16 @@ def ece_vs_temperature(logits, labels, temperatures, n_bins: int = 15) -> np.nda
         # signed difference, which is additive over chunks.
         sum_gap.index_add_(0, flat, ((pred == y[rows]).to(acc) - conf.to(acc)).reshape(-1))
     return (sum_gap.abs().reshape(k, n_bins).sum(dim=1) / n).cpu().numpy()
+
+
+def adaptive_ece_vs_temperature(logits, labels, temperatures,
+                                n_bins: int = 15) -> np.ndarray:
+    """Equal-mass ECE (`adaptive_ece`) of softmax(logits / T) for each T: float64 array,
+    shape (K,)."""
+    n_bins = _check_n_bins(n_bins)
+    temps = _check_temperatures(temperatures)
+    z, y = _check_logits(logits, labels, temperature=min(temps))
+    return np.array([adaptive_ece(tempered_softmax(z, t), y, n_bins) for t in temps])
 
 
 def nll_vs_temperature(logits, labels, temperatures) -> np.ndarray:

@@ -23,7 +23,7 @@ from scipy.special import logsumexp
 
 from kdlib._validate import check_choice, check_int, check_positive, check_real
 
-__all__ = ["GaussianMixtureTask", "gmm_preset", "GMM_PRESETS"]
+__all__ = ["GaussianMixtureTask", "gmm_preset", "GMM_PRESETS", "tempered_posterior"]
 
 MAX_CLASSES = 1_000
 MAX_DIM = 64
@@ -278,3 +278,34 @@ def gmm_preset(name: str) -> GaussianMixtureTask:
     """
     check_choice(name, "name", GMM_PRESETS)
     return GaussianMixtureTask(**_PRESET_PARAMS[name])
+
+
+# ---------------------------------------------------------------------- tempered posteriors
+
+
+def tempered_posterior(posterior, temperature: float):
+    """softmax(log p / t) row by row: N x C probabilities (float32 torch tensor) from an
+    N x C posterior (numpy array, tensor or nested list; rows of probabilities).
+
+    t > 1 softens, t < 1 sharpens, t = 1 returns p (up to rounding); t = 0 is the limit, the
+    one-hot of argmax p (ties to the lowest index). Every t keeps the argmax (the Bayes
+    decision). Computed in float64; zero entries stay 0. Equivalently
+    p_c^(1/t) / sum_k p_k^(1/t).
+    """
+    import torch
+
+    from kdlib._validate import as_tensor
+
+    p = as_tensor(posterior, "posterior").to(torch.float64)
+    if p.dim() != 2 or p.shape[1] < 2:
+        raise ValueError(f"posterior must be N x C with C >= 2, got shape {tuple(p.shape)}")
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+        raise ValueError("posterior must hold finite, non-negative probabilities")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)):
+        raise TypeError(f"temperature must be a real number >= 0, got {temperature!r}")
+    t = float(temperature)
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    if t == 0:
+        return torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).to(torch.float32)
+    return torch.softmax(torch.log(p) / t, dim=1).to(torch.float32)

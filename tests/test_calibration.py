@@ -542,3 +542,104 @@ def test_bounds_themselves_are_accepted():
     eces = cal.ece_vs_temperature(z, Y, [cal.TEMPERATURE_MIN, cal.TEMPERATURE_MAX])
     assert np.isfinite(eces).all()
     assert 1e-3 <= cal.fit_temperature(z, Y, t_min=1e-3, t_max=1e4) <= 1e4
+
+
+# ----------------------------------------------------------------------- equal-mass bins
+# Worked example with M = 3 equal-mass bins: sorted confidences .40 (wrong), .45 (right),
+# .50 (wrong) | .65 (right), .70 (wrong) | .90 (right) -> two samples per bin:
+#  bin 1: conf .425 acc 1/2 gap .075;  bin 2: conf .575 acc 1/2 gap .075;
+#  bin 3: conf .800 acc 1/2 gap .300.  ECE = 2 * (.075 + .075 + .3) / 6 = 0.15, MCE = 0.3
+#  edges: .40, (.45 + .50) / 2, (.65 + .70) / 2, .90
+
+PROBS4 = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2], [0.9, 0.1]], dtype=torch.float64)
+
+
+def test_equal_mass_bins_worked_example():
+    b = cal.equal_mass_bins(P, Y, 3)
+    assert b.binning == "equal_mass" and b.n_bins == 3
+    assert b.count.tolist() == [2, 2, 2]
+    np.testing.assert_allclose(b.confidence, [0.425, 0.575, 0.8])
+    np.testing.assert_allclose(b.accuracy, [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(b.edges, [0.40, 0.475, 0.675, 0.90])
+    assert b.ece == pytest.approx(0.15) and b.mce == pytest.approx(0.3)
+    assert b.ece == pytest.approx(cal.adaptive_ece(P, Y, 3), abs=1e-12)
+
+
+def test_equal_mass_bins_hand_computed_two_bins():
+    labels = torch.tensor([1, 1, 0, 0])  # the two least confident are wrong
+    b = cal.binned_calibration(PROBS4, labels, n_bins=2, binning="equal_mass")
+    assert b.count.tolist() == [2, 2]
+    np.testing.assert_allclose(b.confidence, [0.65, 0.85])
+    np.testing.assert_allclose(b.accuracy, [0.0, 1.0])
+    np.testing.assert_allclose(b.edges, [0.6, 0.75, 0.9])
+    assert b.ece == pytest.approx(0.5 * 0.65 + 0.5 * 0.15)
+    assert b.mce == pytest.approx(0.65)
+    assert b.ece == pytest.approx(cal.adaptive_ece(PROBS4, labels, 2))
+
+
+def test_equal_mass_bins_fewer_samples_than_bins():
+    # ranks 0, 1 with M = 4 go to bins floor(0 * 4 / 2) = 0 and floor(1 * 4 / 2) = 2
+    p = np.array([[0.6, 0.4], [0.8, 0.2]])
+    b = cal.equal_mass_bins(p, [0, 1], 4)
+    assert b.count.tolist() == [1, 0, 1, 0]
+    np.testing.assert_allclose(b.confidence[[0, 2]], [0.6, 0.8])
+    np.testing.assert_allclose(b.accuracy[[0, 2]], [1.0, 0.0])
+    assert np.isnan(b.confidence[1]) and np.isnan(b.accuracy[3])
+    np.testing.assert_allclose(b.edges, [0.6, 0.7, 0.7, 0.8, 0.8])  # empty bins: width 0
+    assert b.ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.8)
+
+
+def test_equal_width_binned_calibration_hand_computed():
+    labels = torch.tensor([1, 1, 0, 0])
+    b = cal.binned_calibration(PROBS4, labels, n_bins=2, binning="equal_width")
+    # bins (0, .5], (.5, 1]: everything in the second bin, accuracy 1/2, confidence 0.75
+    assert b.count.tolist() == [0, 4]
+    assert math.isnan(b.accuracy[0]) and b.accuracy[1] == pytest.approx(0.5)
+    assert b.ece == pytest.approx(0.25) and b.mce == pytest.approx(0.25)
+    np.testing.assert_allclose(b.edges, [0.0, 0.5, 1.0])
+    w = cal.binned_calibration(P, Y, 5)  # the worked example: ECE 0.15, MCE 0.4
+    assert w.ece == pytest.approx(0.15) and w.mce == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("n, n_bins", [(300, 15), (301, 7), (6, 10)])
+def test_binned_calibration_agrees_with_the_metrics(n, n_bins):
+    g = torch.Generator().manual_seed(n)
+    z = 3.0 * torch.randn(n, 5, generator=g)
+    y = torch.randint(0, 5, (n,), generator=g)
+    z[: n // 3] = z[: n // 3].round()  # ties in confidence
+    p = torch.softmax(z, 1)
+    w = cal.binned_calibration(p, y, n_bins, "equal_width")
+    assert w.ece == pytest.approx(cal.ece(p, y, n_bins), abs=1e-12)
+    assert w.mce == pytest.approx(cal.mce(p, y, n_bins), abs=1e-12)
+    m = cal.binned_calibration(p, y, n_bins, "equal_mass")
+    assert m.ece == pytest.approx(cal.adaptive_ece(p, y, n_bins), abs=1e-12)
+    assert m.count.sum() == n and m.count.max() - m.count[m.count > 0].min() <= 1
+    conf = p.max(1).values.double()
+    assert np.all(np.diff(m.edges) >= 0)
+    assert m.edges[0] == float(conf.min()) and m.edges[-1] == float(conf.max())
+    full = m.count > 0
+    assert np.all(m.edges[:-1][full] <= m.confidence[full] + 1e-12)
+    assert np.all(m.confidence[full] <= m.edges[1:][full] + 1e-12)
+
+
+def test_binned_calibration_validates():
+    with pytest.raises(ValueError, match="binning"):
+        cal.binned_calibration(PROBS4, [0, 0, 0, 0], 2, "quantile")
+    with pytest.raises(ValueError, match="sum to 1"):
+        cal.binned_calibration(PROBS4 * 2, [0, 0, 0, 0], 2, "equal_mass")
+    with pytest.raises(ValueError, match="labels"):
+        cal.binned_calibration(PROBS4, [0, 0, 0, 2], 2, "equal_mass")
+    with pytest.raises(ValueError, match="n_bins"):
+        cal.binned_calibration(PROBS4, [0, 0, 0, 0], 0)
+
+
+def test_adaptive_ece_vs_temperature_equals_adaptive_ece_per_temperature():
+    z = torch.log(torch.as_tensor(P))
+    temps = [0.5, 1.0, 3.0]
+    curve = cal.adaptive_ece_vs_temperature(z, Y, temps, 3)
+    assert curve.shape == (3,)
+    assert curve[1] == pytest.approx(0.15, abs=1e-9)  # T = 1 gives back P: the example
+    for t, v in zip(temps, curve, strict=True):
+        assert v == pytest.approx(cal.adaptive_ece(cal.tempered_softmax(z, t), Y, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        cal.adaptive_ece_vs_temperature(z, Y, [0.0])

@@ -87,58 +87,13 @@ def test_temperature_grid():
 
 
 # ----------------------------------------------------------------- binning
+# (the binning tests are in test_calibration.py, where the bins live)
 
 
-def test_equal_mass_bins_hand_computed():
-    labels = torch.tensor([1, 1, 0, 0])  # the two least confident are wrong
-    b = ce.binned_calibration(PROBS4, labels, n_bins=2, binning="equal_mass")
-    assert b.count.tolist() == [2, 2]
-    np.testing.assert_allclose(b.confidence, [0.65, 0.85])
-    np.testing.assert_allclose(b.accuracy, [0.0, 1.0])
-    np.testing.assert_allclose(b.edges, [0.6, 0.75, 0.9])
-    assert b.ece == pytest.approx(0.5 * 0.65 + 0.5 * 0.15)
-    assert b.mce == pytest.approx(0.65)
-    assert b.ece == pytest.approx(calibration.adaptive_ece(PROBS4, labels, 2))
-
-
-def test_equal_width_bins_hand_computed():
-    labels = torch.tensor([1, 1, 0, 0])
-    b = ce.binned_calibration(PROBS4, labels, n_bins=2, binning="equal_width")
-    # bins (0, .5], (.5, 1]: everything in the second bin, accuracy 1/2, confidence 0.75
-    assert b.count.tolist() == [0, 4]
-    assert math.isnan(b.accuracy[0]) and b.accuracy[1] == pytest.approx(0.5)
-    assert b.ece == pytest.approx(0.25) and b.mce == pytest.approx(0.25)
-    np.testing.assert_allclose(b.edges, [0.0, 0.5, 1.0])
-
-
-@pytest.mark.parametrize("n, n_bins", [(300, 15), (301, 7), (6, 10)])
-def test_binned_calibration_agrees_with_kdlib_calibration(n, n_bins):
-    z, y = random_logits(n=n, seed=n)
-    z[: n // 3] = z[: n // 3].round()  # ties in confidence
-    p = torch.softmax(z, 1)
-    w = ce.binned_calibration(p, y, n_bins, "equal_width")
-    assert w.ece == pytest.approx(calibration.ece(p, y, n_bins), abs=1e-12)
-    assert w.mce == pytest.approx(calibration.mce(p, y, n_bins), abs=1e-12)
-    m = ce.binned_calibration(p, y, n_bins, "equal_mass")
-    assert m.ece == pytest.approx(calibration.adaptive_ece(p, y, n_bins), abs=1e-12)
-    assert m.count.sum() == n and m.count.max() - m.count[m.count > 0].min() <= 1
-    conf = p.max(1).values.double()
-    assert np.all(np.diff(m.edges) >= 0)
-    assert m.edges[0] == float(conf.min()) and m.edges[-1] == float(conf.max())
-    full = m.count > 0
-    assert np.all(m.edges[:-1][full] <= m.confidence[full] + 1e-12)
-    assert np.all(m.confidence[full] <= m.edges[1:][full] + 1e-12)
-
-
-def test_binned_calibration_validates():
-    with pytest.raises(ValueError, match="binning"):
-        ce.binned_calibration(PROBS4, [0, 0, 0, 0], 2, "quantile")
-    with pytest.raises(ValueError, match="sum to 1"):
-        ce.binned_calibration(PROBS4 * 2, [0, 0, 0, 0], 2, "equal_mass")
-    with pytest.raises(ValueError, match="labels"):
-        ce.binned_calibration(PROBS4, [0, 0, 0, 2], 2, "equal_mass")
-    with pytest.raises(ValueError, match="n_bins"):
-        ce.binned_calibration(PROBS4, [0, 0, 0, 0], 0)
+def test_binning_reexports_are_calibrations():
+    assert ce.binned_calibration is calibration.binned_calibration
+    assert ce.BinnedCalibration is calibration.BinnedCalibration
+    assert ce.BINNINGS == calibration.BINNINGS == ("equal_width", "equal_mass")
 
 
 # ----------------------------------------------------------------- metrics

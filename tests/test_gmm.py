@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare, multivariate_normal, norm
 
-from kdlib.gmm import GMM_PRESETS, GaussianMixtureTask, gmm_preset
+from kdlib.gmm import GMM_PRESETS, GaussianMixtureTask, gmm_preset, tempered_posterior
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +265,47 @@ def test_batched_mean_placement_equals_one_at_a_time(c, d, sep):
             k += 1
     np.testing.assert_array_equal(_spaced_means(rng, c, d, 10.0, sep), ref)
     assert rng.bit_generator.state == ref_rng.bit_generator.state
+
+
+# ---------------------------------------------------------------------- tempered posteriors
+
+
+def test_tempered_posterior_hand_values():
+    p = torch.tensor([[0.8, 0.15, 0.05], [0.2, 0.5, 0.3]])
+    # t = 0.5 squares and renormalizes: 0.64, 0.0225, 0.0025 over 0.665
+    sharp = tempered_posterior(p, 0.5)
+    assert sharp[0].tolist() == pytest.approx([0.64 / 0.665, 0.0225 / 0.665, 0.0025 / 0.665],
+                                              rel=1e-6)
+    # t = 2 takes square roots
+    r = np.sqrt([0.8, 0.15, 0.05])
+    assert tempered_posterior(p, 2.0)[0].tolist() == pytest.approx(r / r.sum(), rel=1e-6)
+    assert torch.allclose(tempered_posterior(p, 1.0), p, atol=1e-7)
+    assert tempered_posterior(p, 0.0).tolist() == [[1, 0, 0], [0, 1, 0]]
+    # zero probabilities stay zero, the rows still sum to 1
+    z = tempered_posterior(torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 3.0)
+    assert z.tolist() == [[0.0, 1.0], [0.5, 0.5]]
+    with pytest.raises(ValueError, match=">= 0"):
+        tempered_posterior(p, -1.0)
+    with pytest.raises(TypeError, match="temperature"):
+        tempered_posterior(p, "2")
+    with pytest.raises(ValueError, match="non-negative"):
+        tempered_posterior(-p, 2.0)
+    with pytest.raises(ValueError, match="N x C"):
+        tempered_posterior(torch.ones(3), 2.0)
+
+
+def test_tempered_posterior_of_a_gmm_keeps_the_bayes_decision(task3):
+    # p_c^(1/t) / sum_k p_k^(1/t) computed directly from the exact posterior
+    x, _ = task3.sample(300, seed=2)
+    p = task3.posterior(x)
+    for t in (0.25, 0.5, 2.0, 8.0):
+        q = tempered_posterior(p, t).double().numpy()
+        ref = p ** (1.0 / t)
+        ref /= ref.sum(1, keepdims=True)
+        np.testing.assert_allclose(q, ref, atol=1e-6)
+        assert (q.argmax(1) == p.argmax(1)).all()
+        # sharper for t < 1, softer for t > 1: the mean top probability moves accordingly
+        if t < 1:
+            assert q.max(1).mean() > p.max(1).mean()
+        else:
+            assert q.max(1).mean() < p.max(1).mean()

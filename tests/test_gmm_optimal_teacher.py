@@ -18,28 +18,11 @@ from kdlib.recipe import recipe_from_spec
 # ----------------------------------------------------------------------------- targets
 
 
-def test_tempered_posterior_hand_values():
-    p = torch.tensor([[0.8, 0.15, 0.05], [0.2, 0.5, 0.3]])
-    # t = 0.5 squares and renormalizes: 0.64, 0.0225, 0.0025 over 0.665
-    sharp = exp.tempered_posterior(p, 0.5)
-    assert sharp[0].tolist() == pytest.approx([0.64 / 0.665, 0.0225 / 0.665, 0.0025 / 0.665],
-                                              rel=1e-6)
-    # t = 2 takes square roots
-    r = np.sqrt([0.8, 0.15, 0.05])
-    assert exp.tempered_posterior(p, 2.0)[0].tolist() == pytest.approx(r / r.sum(), rel=1e-6)
-    assert torch.allclose(exp.tempered_posterior(p, 1.0), p, atol=1e-7)
-    assert exp.tempered_posterior(p, 0.0).tolist() == [[1, 0, 0], [0, 1, 0]]
-    # zero probabilities stay zero, the rows still sum to 1
-    z = exp.tempered_posterior(torch.tensor([[0.0, 1.0], [0.5, 0.5]]), 3.0)
-    assert z.tolist() == [[0.0, 1.0], [0.5, 0.5]]
-    with pytest.raises(ValueError, match=">= 0"):
-        exp.tempered_posterior(p, -1.0)
-    with pytest.raises(TypeError, match="temperature"):
-        exp.tempered_posterior(p, "2")
-    with pytest.raises(ValueError, match="non-negative"):
-        exp.tempered_posterior(-p, 2.0)
-    with pytest.raises(ValueError, match="N x C"):
-        exp.tempered_posterior(torch.ones(3), 2.0)
+def test_tempered_posterior_lives_in_gmm():
+    # moved to kdlib.gmm (tests there); the experiment module re-exports it
+    from kdlib.gmm import tempered_posterior
+
+    assert exp.tempered_posterior is tempered_posterior
 
 
 def test_arm_names_and_temperatures():

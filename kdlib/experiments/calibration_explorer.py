@@ -19,16 +19,19 @@ counterpart: fit on one half of the test set, evaluate on the other, and vice ve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from kdlib import calibration, presets
 from kdlib._validate import as_tensor, check_choice, check_int, check_positive
+from kdlib.calibration import (  # noqa: F401 (re-exported: widgets, plots, tests)
+    BINNINGS,
+    BinnedCalibration,
+    adaptive_ece_vs_temperature,
+    binned_calibration,
+)
 
 NAME = "calibration_explorer"
-BINNINGS = ("equal_width", "equal_mass")
 ECE_BINS = 15
 
 # Teachers: {"name": shown in tables and the chooser, "arch": build_model name,
@@ -121,89 +124,8 @@ def temperature_grid(t_min: float = 0.25, t_max: float = 10.0, num: int = 61) ->
 
 
 # --------------------------------------------------------------------------- binned statistics
-
-
-@dataclass(frozen=True)
-class BinnedCalibration:
-    """Per-bin statistics of a reliability diagram, for either binning.
-
-    edges: (n_bins + 1,) float64, nondecreasing, in [0, 1]. Equal width: m/M. Equal mass
-        (for plotting; membership is by rank): from the smallest to the largest confidence,
-        interior edge m halfway between the largest confidence of bin m-1 and the smallest
-        of bin m.
-    confidence, accuracy: (n_bins,) mean confidence and fraction correct; NaN if empty.
-    count: (n_bins,) int64 samples per bin.
-    """
-
-    edges: np.ndarray
-    confidence: np.ndarray
-    accuracy: np.ndarray
-    count: np.ndarray
-    binning: str = "equal_width"
-
-    @property
-    def n_bins(self) -> int:
-        return int(self.count.shape[0])
-
-    @property
-    def ece(self) -> float:
-        """sum over bins of count/N * |accuracy - confidence| (empty bins add 0)."""
-        full = self.count > 0
-        n = self.count.sum()
-        gaps = np.abs(self.accuracy[full] - self.confidence[full])
-        return float((self.count[full] / n * gaps).sum())
-
-    @property
-    def mce(self) -> float:
-        """max over non-empty bins of |accuracy - confidence|."""
-        full = self.count > 0
-        return float(np.abs(self.accuracy[full] - self.confidence[full]).max())
-
-
-def _check_binning(binning) -> str:
-    return check_choice(binning, "binning", BINNINGS)
-
-
-def _confidence_correct(probs: torch.Tensor, labels: torch.Tensor):
-    conf, pred = probs.max(dim=1)
-    return conf.double().cpu().numpy(), (pred == labels).cpu().numpy()
-
-
-def binned_calibration(probs, labels, n_bins: int = ECE_BINS,
-                       binning: str = "equal_width") -> BinnedCalibration:
-    """Reliability statistics of N x C `probs` against N `labels` with `n_bins` bins of the
-    given `binning` ("equal_width" or "equal_mass")."""
-    binning = _check_binning(binning)
-    n_bins = check_int(n_bins, "n_bins", minimum=1)
-    if binning == "equal_width":
-        rb = calibration.reliability_bins(probs, labels, n_bins)
-        return BinnedCalibration(rb.edges, rb.confidence, rb.accuracy, rb.count, binning)
-    # Validation (rows sum to 1, label range) through the public metric on the same input.
-    calibration.adaptive_ece(probs, labels, n_bins)
-    p = as_tensor(probs, "probs").detach().float()
-    y = as_tensor(labels, "labels").to(device=p.device, dtype=torch.int64)
-    conf, correct = _confidence_correct(p, y)
-    n = conf.shape[0]
-    order = np.argsort(conf, kind="stable")
-    conf, correct = conf[order], correct[order].astype(np.float64)
-    bins = np.arange(n, dtype=np.int64) * n_bins // n
-    count = np.bincount(bins, minlength=n_bins).astype(np.int64)
-    sum_conf = np.bincount(bins, weights=conf, minlength=n_bins)
-    sum_correct = np.bincount(bins, weights=correct, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, sum_conf / count, np.nan)
-        acc = np.where(count > 0, sum_correct / count, np.nan)
-    edges = np.empty(n_bins + 1)
-    edges[0], edges[-1] = conf[0], conf[-1]
-    starts = np.concatenate([[0], np.cumsum(count)])  # first rank of each bin
-    for m in range(1, n_bins):
-        # Halfway between the last sample before bin m and the first one from bin m on;
-        # an empty bin (N < M) gets a zero-width slot at its neighbour's edge.
-        lo = conf[starts[m] - 1] if starts[m] > 0 else conf[0]
-        hi = conf[starts[m]] if starts[m] < n else conf[-1]
-        edges[m] = 0.5 * (lo + hi)
-    edges = np.maximum.accumulate(np.clip(edges, 0.0, 1.0))
-    return BinnedCalibration(edges, mean_conf, acc, count, binning)
+# Reliability bins of either binning live in kdlib.calibration (BinnedCalibration,
+# binned_calibration, equal_mass_bins); re-exported here for existing callers.
 
 
 # --------------------------------------------------------------------------- metrics
@@ -235,22 +157,12 @@ def metrics_at_temperature(logits, labels, temperature: float = 1.0, n_bins: int
     }
 
 
-def adaptive_ece_vs_temperature(logits, labels, temperatures, n_bins: int = ECE_BINS):
-    """Equal-mass ECE of softmax(logits / T) for each T: float64 array of shape (K,)."""
-    z, y = _logits_labels(logits, labels)
-    temps = [check_positive(t, f"temperatures[{i}]") for i, t in enumerate(temperatures)]
-    if not temps:
-        raise ValueError("temperatures is empty; give at least one temperature > 0")
-    return np.array([calibration.adaptive_ece(calibration.tempered_softmax(z, t), y, n_bins)
-                     for t in temps])
-
-
 def ece_curve(logits, labels, temperatures, n_bins: int = ECE_BINS,
               binning: str = "equal_width") -> np.ndarray:
     """ECE for each temperature with either binning: float64 array of shape (K,)."""
-    if _check_binning(binning) == "equal_width":
+    if check_choice(binning, "binning", BINNINGS) == "equal_width":
         return calibration.ece_vs_temperature(logits, labels, temperatures, n_bins)
-    return adaptive_ece_vs_temperature(logits, labels, temperatures, n_bins)
+    return calibration.adaptive_ece_vs_temperature(logits, labels, temperatures, n_bins)
 
 
 def cross_fitted_ece(logits, labels, n_bins: int = ECE_BINS, seed: int = 0) -> dict:

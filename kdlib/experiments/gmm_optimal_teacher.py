@@ -31,6 +31,7 @@ import torch
 from kdlib import presets
 from kdlib._validate import check_int
 from kdlib.experiments.common import load_data
+from kdlib.gmm import tempered_posterior  # noqa: F401 (re-exported; it lives in kdlib.gmm)
 
 NAME = "gmm_optimal_teacher"
 ONE_HOT, POSTERIOR = "one-hot", "posterior"
@@ -99,29 +100,6 @@ def arm_temperature(arm: str) -> float:
     if isinstance(arm, str) and arm.startswith("tau="):
         return float(arm[4:])
     raise ValueError(f"unknown arm {arm!r}; arms are {ONE_HOT!r}, {POSTERIOR!r}, 'tau=<t>'")
-
-
-def tempered_posterior(posterior, temperature: float) -> torch.Tensor:
-    """softmax(log p / t) row by row: N x C probabilities (float32) from an N x C posterior.
-
-    t > 1 softens, t < 1 sharpens, t = 1 returns p (up to rounding); t = 0 is the limit, the
-    one-hot of argmax p (ties to the lowest index). Computed in float64; zero entries stay 0.
-    """
-    from kdlib._validate import as_tensor
-
-    p = as_tensor(posterior, "posterior").to(torch.float64)
-    if p.dim() != 2 or p.shape[1] < 2:
-        raise ValueError(f"posterior must be N x C with C >= 2, got shape {tuple(p.shape)}")
-    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-        raise ValueError("posterior must hold finite, non-negative probabilities")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)):
-        raise TypeError(f"temperature must be a real number >= 0, got {temperature!r}")
-    t = float(temperature)
-    if not np.isfinite(t) or t < 0:
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-    if t == 0:
-        return torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).to(torch.float32)
-    return torch.softmax(torch.log(p) / t, dim=1).to(torch.float32)
 
 
 def arm_targets(data, arm: str):
