@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kdlib import feature_metrics as fm
 from kdlib import presets
 from kdlib.experiments import tsne_features as tf
 from kdlib.recipe import Recipe, recipe_from_spec
@@ -18,7 +19,7 @@ LINE_Y = np.array([0, 0, 1, 0, 1])
 
 
 def test_nearest_neighbours_by_hand():
-    nb = tf.nearest_neighbours(LINE_X, k=2)
+    nb = fm.nearest_neighbours(LINE_X, k=2)
     # 0: d(1)=1, d(3)=3, d(4)=4 ... -> 1, 2;   1: d(0)=1, d(2)=2 -> 0, 2
     # 2: d(3)=1, d(1)=2 -> 3, 1;               3: d(2)=1, d(1)=3 -> 2, 1
     # 4: d(3)=6, d(2)=7 -> 3, 2
@@ -27,25 +28,25 @@ def test_nearest_neighbours_by_hand():
 
 def test_nearest_neighbours_ties_by_index_and_duplicates():
     x = np.array([[0.0], [1.0], [-1.0], [0.0]])
-    nb = tf.nearest_neighbours(x, k=3)
+    nb = fm.nearest_neighbours(x, k=3)
     # point 0: its duplicate 3 at 0, then 1 and 2 both at distance 1 (index order)
     np.testing.assert_array_equal(nb[0], [3, 1, 2])
     np.testing.assert_array_equal(nb[3], [0, 1, 2])
     # chunking does not change the answer
     x = np.random.default_rng(0).normal(size=(37, 3))
-    np.testing.assert_array_equal(tf.nearest_neighbours(x, 4, chunk=5),
-                                  tf.nearest_neighbours(x, 4, chunk=1000))
+    np.testing.assert_array_equal(fm.nearest_neighbours(x, 4, chunk=5),
+                                  fm.nearest_neighbours(x, 4, chunk=1000))
 
 
 def test_knn_accuracy_and_confused_by_hand():
     # k=3 neighbours (by distance): 0: 1,2,3 -> labels 0,1,0 -> vote 0 (right), same=2
     # 1: 0,2,3 -> 0,1,0 -> 0 (right), same 2;   2: 3,1,0 -> 0,0,0 -> 0 (wrong), same 0
     # 3: 2,1,0 -> 1,0,0 -> 0 (right), same 2;   4: 3,2,1 -> 0,1,0 -> 0 (wrong), same 1
-    assert tf.knn_accuracy(LINE_X, LINE_Y, k=3) == pytest.approx(3 / 5)
-    assert tf.confused_points(LINE_X, LINE_Y, k=3) == 2   # points 2 and 4 (same < 1.5)
+    assert fm.knn_accuracy(LINE_X, LINE_Y, k=3) == pytest.approx(3 / 5)
+    assert fm.confused_points(LINE_X, LINE_Y, k=3) == 2   # points 2 and 4 (same < 1.5)
     # k=1: 0->1 (0 ok), 1->0 ok, 2->3 (0, wrong), 3->2 (1, wrong), 4->3 (0, wrong)
-    assert tf.knn_accuracy(LINE_X, LINE_Y, k=1) == pytest.approx(2 / 5)
-    assert tf.confused_points(LINE_X, LINE_Y, k=1) == 3
+    assert fm.knn_accuracy(LINE_X, LINE_Y, k=1) == pytest.approx(2 / 5)
+    assert fm.confused_points(LINE_X, LINE_Y, k=1) == 3
 
 
 def test_knn_vote_tie_goes_to_nearest_class():
@@ -54,7 +55,7 @@ def test_knn_vote_tie_goes_to_nearest_class():
     y = np.array([1, 1, 2, 1, 1, 2])
     # point 2: 0 (class 1, d=2), 1 (class 1, d=3) -> 1; point 5: 2 (class 2, d=10),
     # 0 (class 1, d=12) -> tie -> 2
-    assert (tf._vote(y[tf.nearest_neighbours(x, 2)]) == [1, 1, 1, 1, 1, 2]).all()
+    assert (fm._vote(y[fm.nearest_neighbours(x, 2)]) == [1, 1, 1, 1, 1, 2]).all()
 
 
 def test_silhouette_by_hand():
@@ -63,52 +64,52 @@ def test_silhouette_by_hand():
     # s(0): a=1, b=(5+7)/2=6 -> 5/6; s(1): a=1, b=(4+6)/2=5 -> 4/5
     # s(2): a=2, b=(5+4)/2=4.5 -> 2.5/4.5; s(3): a=2, b=(7+6)/2=6.5 -> 4.5/6.5
     expected = np.mean([5 / 6, 4 / 5, 2.5 / 4.5, 4.5 / 6.5])
-    assert tf.silhouette(x, y) == pytest.approx(expected)
+    assert fm.silhouette(x, y) == pytest.approx(expected)
 
 
 def test_separation_ratio_by_hand():
     x = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [10.0, 2.0]])
     y = np.array([0, 0, 1, 1])
     # centroids (1, 0) and (10, 1): distance sqrt(82); every point is 1 from its centroid
-    assert tf.separation_ratio(x, y) == pytest.approx(math.sqrt(82))
+    assert fm.separation_ratio(x, y) == pytest.approx(math.sqrt(82))
     # scale-free
-    assert tf.separation_ratio(7 * x, y) == pytest.approx(math.sqrt(82))
+    assert fm.separation_ratio(7 * x, y) == pytest.approx(math.sqrt(82))
     # three classes: mean of the three centroid distances
     x3 = np.array([[0.0], [2.0], [10.0], [12.0], [30.0], [32.0]])
     y3 = np.array([0, 0, 1, 1, 2, 2])
-    assert tf.separation_ratio(x3, y3) == pytest.approx((10 + 30 + 20) / 3)
+    assert fm.separation_ratio(x3, y3) == pytest.approx((10 + 30 + 20) / 3)
 
 
 def test_feature_metrics_bundle_matches_single_functions():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(3, 1, (20, 4))])
     y = np.repeat([0, 1], 20)
-    m = tf.feature_metrics(torch.from_numpy(x).float(), torch.from_numpy(y), k=5)
+    m = fm.feature_metrics(torch.from_numpy(x).float(), torch.from_numpy(y), k=5)
     x32 = x.astype(np.float32).astype(np.float64)
-    assert m["knn_accuracy"] == pytest.approx(tf.knn_accuracy(x32, y, 5))
-    assert m["n_confused"] == tf.confused_points(x32, y, 5)
+    assert m["knn_accuracy"] == pytest.approx(fm.knn_accuracy(x32, y, 5))
+    assert m["n_confused"] == fm.confused_points(x32, y, 5)
     assert m["confused_fraction"] == pytest.approx(m["n_confused"] / 40)
-    assert m["silhouette"] == pytest.approx(tf.silhouette(x32, y), rel=1e-6)
-    assert m["separation_ratio"] == pytest.approx(tf.separation_ratio(x32, y), rel=1e-6)
+    assert m["silhouette"] == pytest.approx(fm.silhouette(x32, y), rel=1e-6)
+    assert m["separation_ratio"] == pytest.approx(fm.separation_ratio(x32, y), rel=1e-6)
     assert m["n"] == 40
     # well separated: perfect neighbours
     far = np.concatenate([x[:20], x[20:] + 100])
-    m = tf.feature_metrics(far, y, k=5)
+    m = fm.feature_metrics(far, y, k=5)
     assert m["knn_accuracy"] == 1.0 and m["n_confused"] == 0 and m["silhouette"] > 0.9
 
 
 @pytest.mark.parametrize("call, err, match", [
-    (lambda: tf.knn_accuracy(np.zeros(5), np.zeros(5, int)), ValueError, "N x D"),
-    (lambda: tf.knn_accuracy(LINE_X, LINE_Y[:4]), ValueError, "4 entries"),
-    (lambda: tf.knn_accuracy(LINE_X, LINE_Y.astype(float)), TypeError, "integer"),
-    (lambda: tf.knn_accuracy(LINE_X, -LINE_Y - 1), ValueError, ">= 0"),
-    (lambda: tf.knn_accuracy(LINE_X, LINE_Y, k=5), ValueError, "k must be <= 4"),
-    (lambda: tf.knn_accuracy(LINE_X, LINE_Y, k=0), ValueError, "k must be >= 1"),
-    (lambda: tf.knn_accuracy(LINE_X * np.nan, LINE_Y), ValueError, "finite"),
-    (lambda: tf.confused_points(LINE_X, LINE_Y, k=2.5), TypeError, "integer"),
-    (lambda: tf.silhouette(LINE_X, np.zeros(5, int)), ValueError, "between 2 and N - 1"),
-    (lambda: tf.separation_ratio(LINE_X, np.zeros(5, int)), ValueError, ">= 2 classes"),
-    (lambda: tf.nearest_neighbours("x"), TypeError, "numpy array or torch tensor"),
+    (lambda: fm.knn_accuracy(np.zeros(5), np.zeros(5, int)), ValueError, "N x D"),
+    (lambda: fm.knn_accuracy(LINE_X, LINE_Y[:4]), ValueError, "4 entries"),
+    (lambda: fm.knn_accuracy(LINE_X, LINE_Y.astype(float)), TypeError, "integer"),
+    (lambda: fm.knn_accuracy(LINE_X, -LINE_Y - 1), ValueError, ">= 0"),
+    (lambda: fm.knn_accuracy(LINE_X, LINE_Y, k=5), ValueError, "k must be <= 4"),
+    (lambda: fm.knn_accuracy(LINE_X, LINE_Y, k=0), ValueError, "k must be >= 1"),
+    (lambda: fm.knn_accuracy(LINE_X * np.nan, LINE_Y), ValueError, "finite"),
+    (lambda: fm.confused_points(LINE_X, LINE_Y, k=2.5), TypeError, "integer"),
+    (lambda: fm.silhouette(LINE_X, np.zeros(5, int)), ValueError, "between 2 and N - 1"),
+    (lambda: fm.separation_ratio(LINE_X, np.zeros(5, int)), ValueError, ">= 2 classes"),
+    (lambda: fm.nearest_neighbours("x"), TypeError, "numpy array or torch tensor"),
 ])
 def test_metric_validation(call, err, match):
     with pytest.raises(err, match=match):
@@ -199,7 +200,7 @@ def test_penultimate_features_eval_mode_and_order(tmp_path, monkeypatch):
 
     d = load_data({"name": "digits", "seed": 0, "subset_train": 60, "subset_test": 50})
     model = make_model("resnet8", d, seed=0).train()
-    feats, labels = tf.penultimate_features(model, d, batch_size=16)
+    feats, labels = fm.penultimate_features(model, d, batch_size=16)
     assert model.training  # mode restored
     assert feats.shape == (50, model.feature_dim) and feats.dtype == torch.float32
     assert torch.equal(labels, d.test_y)
@@ -223,7 +224,11 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
     assert 0 <= curve.attrs["accuracy"] <= 1 and curve.attrs["features"]["n"] == 60
     taus = tf.pick_temperatures(curve)
     assert set(taus.values()) == {1.0, 8.0}
-    df, emb = tf.run(cfg, "smoke", taus, progress=False)
+    df, emb, records = tf.run(cfg, "smoke", taus, progress=False)
+    assert [r["seed"] for r in records] == [0] and len(records[0]["students"]) == 2
+    # both students are in the student store, with weights and test logits
+    stored = sorted((tmp_path / "runs" / "smoke" / "students").glob("*.pt"))
+    assert len(stored) == 2
     assert sorted(df["role"]) == ["calibrated", "miscalibrated"]
     assert set(df.columns) >= {"seed", "temperature", "teacher_ece_at_tau", *tf.METRICS}
     assert ((df["knn_accuracy"] >= 0) & (df["knn_accuracy"] <= 1)).all()
@@ -232,9 +237,17 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
     assert emb[0]["calibrated_confused"].sum() == n_conf
     np.testing.assert_array_equal(emb[0]["labels"], cfg_labels(cfg))
     # the second run reads the store instead of training
-    df2, _ = tf.run(cfg, "smoke", taus, progress=False)
+    df2, _, _ = tf.run(cfg, "smoke", taus, progress=False)
     pd.testing.assert_frame_equal(df, df2)
     assert (tmp_path / "runs" / "smoke" / "tsne_features.sqlite").exists()
+    # a fresh sweep store re-measures from the kept students (no training): same numbers
+    (tmp_path / "runs" / "smoke" / "tsne_features.sqlite").unlink()
+    import kdlib.stacked
+
+    monkeypatch.setattr(kdlib.stacked, "distill_stacked",
+                        lambda *a, **k: pytest.fail("a kept student was retrained"))
+    df3, _, _ = tf.run(cfg, "smoke", taus, progress=False)
+    pd.testing.assert_frame_equal(df, df3)
 
 
 def cfg_labels(cfg):
@@ -245,7 +258,7 @@ def cfg_labels(cfg):
 
 def test_confused_mask_by_hand():
     # k=3 (see test_knn_accuracy_and_confused_by_hand): points 2 and 4 are confused
-    np.testing.assert_array_equal(tf.confused_mask(LINE_X, LINE_Y, k=3),
+    np.testing.assert_array_equal(fm.confused_mask(LINE_X, LINE_Y, k=3),
                                   [False, False, True, False, True])
 
 
@@ -310,3 +323,58 @@ def test_claims_verdicts_from_paired_seeds():
     assert set(two["verdict"]) == {"inconclusive"}
     with pytest.raises(TypeError, match="DataFrame"):
         tf.claims([1, 2])
+
+
+# ------------------------------------------------------------ contract: skip, dry run, figures
+
+
+def test_skipped_tables_and_dry_run_cut(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    paper = presets.get(tf.NAME, "paper")
+    # no CIFAR-10 in an empty data folder: Figure 5 is skipped, naming the file to fetch
+    (table, reason), = tf.skipped_tables(paper)
+    assert table == "Figure 5" and "cifar" in reason.lower()
+    assert tf.skipped_tables(presets.get(tf.NAME, "smoke")) == []   # digits ship with sklearn
+    dry = presets.get(tf.NAME, "paper", dry_run=True)
+    assert dry["dry_run"] is True and dry["seeds"] == [0] and dry["embed_seeds"] == [0]
+    for key in ("teacher_recipe", "student_recipe"):   # "paper" spelled out, then cut
+        r = recipe_from_spec(dry[key])
+        assert (r.epochs, r.batch_size, r.milestones) == (1, 8, ())
+    assert dry["data"]["subset_test"] == 32 and dry["temperatures"] == paper["temperatures"]
+    assert presets.tables(tf.NAME) == {"figure5": ["temperatures", "seeds", "embed_seeds"]}
+    cells = tf.grid(dry, {"calibrated": 1.0, "miscalibrated": 8.0}, "paper")
+    assert cells[0]["store"] == "paper-dry-run"
+
+
+def test_headline_figures_by_hand():
+    f = tf.headline_figures(_fake_df())
+    # knn accuracy means: calibrated (0.90 + 0.92) / 2, miscalibrated (0.80 + 0.86) / 2
+    assert f["5-NN accuracy, calibrated teacher's students"].text() == "91.00%"
+    assert f["5-NN accuracy, miscalibrated teacher's students"].text() == "83.00%"
+    # paired differences -0.10, -0.06: mean -0.08, t(1) half-width 12.706 * 0.02828 / 1.414
+    d = f["5-NN accuracy, miscalibrated - calibrated"]
+    half = 12.7062047 * np.std([-0.10, -0.06], ddof=1) / np.sqrt(2)
+    assert d.value == pytest.approx(-0.08)
+    assert (d.low, d.high) == (pytest.approx(-0.08 - half), pytest.approx(-0.08 + half))
+    assert d.text().startswith("-8.00 points")
+
+
+def test_panels_and_paper_beside_ours():
+    df = _fake_df()
+    n = 4
+    emb = {0: {"labels": np.arange(n) % 2, "calibrated": np.zeros((n, 2)),
+               "miscalibrated": np.ones((n, 2)), "calibrated_confused": np.zeros(n, bool),
+               "miscalibrated_confused": np.ones(n, bool)}}
+    p = tf.panels(df, emb, 0)
+    titles = list(p)
+    assert titles[0].startswith("calibrated: tau = 1, teacher ECE 1.0%")
+    assert "acc 90.0%, 5-NN 90.0%, confused 10" in titles[0]
+    assert p[titles[1]][2].all()
+    with pytest.raises(ValueError, match="not embedded"):
+        tf.panels(df, emb, 1)
+    b = tf.paper_beside_ours(tf.summary_table(df), "wrn_28_3", "resnet14")
+    ours = b.iloc[-1]
+    assert ours["teacher"] == "WRN-28-3 (ours)" and ours["student"] == "ResNet14"
+    assert ours["calibrated_kd_accuracy"] == pytest.approx(91.0)
+    assert ours["miscalibrated_teacher_ece"] == pytest.approx(60.0)
+    assert len(b) == 4 and not any(c.endswith("dist_accuracy") for c in b)

@@ -88,3 +88,121 @@ def load_data(spec: dict):
     name = spec.pop("name")
     seed = spec.pop("seed", 0)
     return _load(name, seed, tuple(sorted(spec.items())))
+
+
+# ------------------------------------------------------------------ shared by the experiments
+
+
+def load_teacher(data: dict, teacher: str, teacher_recipe, teacher_seed: int = 0,
+                 teacher_kwargs: dict | None = None):
+    """(Dataset, teacher model in eval mode, its record) for a data spec and a teacher
+    (architecture, recipe spec, seed, model options), from the on-disk teacher cache
+    (trained on first use)."""
+    from kdlib._validate import check_int
+    from kdlib.recipe import recipe_from_spec
+    from kdlib.teachers import get_teacher
+
+    d = load_data(data)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in (teacher_kwargs or {}).items() if k != "num_classes"}
+    model, record = get_teacher(teacher, d, recipe_from_spec(teacher_recipe),
+                                seed=check_int(teacher_seed, "teacher_seed", minimum=0),
+                                cache_dir=teacher_cache_dir(), progress=False,
+                                model_kwargs=kwargs or None)
+    return d, model.eval(), record
+
+
+def students_dir(store: str) -> Path:
+    """The student store of a run (`kdlib.student_store`): runs/<store>/students, where
+    store is a `run_name` ("default", "paper-dry-run", ...)."""
+    if not isinstance(store, str) or store.removesuffix("-dry-run") not in SCALES:
+        raise ValueError(f"store must be a run_name such as 'default' or 'paper-dry-run', "
+                         f"got {store!r}")
+    return project_dir() / "runs" / store / "students"
+
+
+def headline_number(value, digits: int = 3):
+    """`value` rounded to `digits` for `kdlib.headline.headline`, or "n/a" when it is not a
+    finite number (e.g. a correlation over fewer than 3 cells)."""
+    import math
+
+    from kdlib._validate import check_int
+
+    digits = check_int(digits, "digits", minimum=0)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return round(value, digits) if math.isfinite(value) else "n/a"
+
+
+def cut_recipe_specs(cfg: dict, keys) -> dict:
+    """A dry-run hook helper: cfg with each recipe spec under `keys` (a preset name, a
+    {"preset": ...} dict or a dict of fields; None left alone) spelled out as fields and
+    cut by `kdlib.dry_run.cut_recipe` (the generic cut only sees spelled-out recipes)."""
+    from kdlib.dry_run import cut_recipe
+    from kdlib.recipe import recipe_from_spec
+
+    out = dict(cfg)
+    for key in keys:
+        if out.get(key) is not None:
+            out[key] = cut_recipe(recipe_from_spec(out[key]).to_dict())
+    return out
+
+
+class limited_threads:
+    """Context manager: torch uses `n` intra-op threads inside (None: leave it alone)."""
+
+    def __init__(self, n: int | None):
+        from kdlib._validate import check_int
+
+        self.n = None if n is None else check_int(n, "torch_threads", minimum=1)
+        self.old = None
+
+    def __enter__(self):
+        if self.n is not None:
+            import torch
+
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            import torch
+
+            torch.set_num_threads(self.old)
+        return False
+
+
+def table6_aligned(df, teacher: str, student: str):
+    """Ours beside the paper's Table 6 for one pair (`kdlib.paper.aligned_table`): one row
+    per (loss, tau, metric): KD and DIST student accuracy and the teacher's ECE at tau, the
+    paper's percent beside our mean +- sd over seeds, n seeds and the difference in points
+    (last epoch). df: one row per student with columns loss ("kd"/"dist"), temperature,
+    seed, accuracy and teacher_ece_at_tau (fractions); other losses are left out. Pair names
+    are matched with `kdlib.paper.paper_name`; a pair the paper does not print gets NaN
+    paper values."""
+    import pandas as pd
+
+    from kdlib.paper import aligned_table, paper_name, paper_table
+
+    need = ["loss", "temperature", "seed", "accuracy", "teacher_ece_at_tau"]
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a DataFrame, got {type(df).__name__}")
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks columns {missing}; it has {list(df.columns)}")
+    t6 = paper_table("table6").rename(columns={"tau": "temperature"})
+    ours = df.assign(teacher=paper_name(teacher), student=paper_name(student))
+    keys = ["teacher", "student", "loss", "temperature"]
+    parts = []
+    for loss, col in (("kd", "kd_accuracy"), ("dist", "dist_accuracy")):
+        g = ours[ours["loss"] == loss]
+        if len(g):
+            parts.append(aligned_table(g, t6.assign(loss=loss), keys,
+                                       {"accuracy": col, "teacher_ece_at_tau": "teacher_ece"}))
+    if not parts:
+        return pd.DataFrame(columns=[*keys, "metric", "paper (%)", "ours mean (%)",
+                                     "ours sd (%)", "n seeds", "ours - paper (points)", "epoch"])
+    return pd.concat(parts, ignore_index=True)

@@ -18,19 +18,40 @@ plus a t-SNE of the features for the seeds in cfg["embed_seeds"].
     cfg = presets.get(NAME, "default")
     curve = teacher_curve(cfg)                  # ECE of the teacher per temperature
     taus = pick_temperatures(curve)             # {"calibrated": t1, "miscalibrated": t2}
-    df, embeddings = run(cfg, "default", taus)  # metrics per (seed, role); pictures
+    df, embeddings, records = run(cfg, "default", taus)  # metrics per (seed, role); pictures
+
+The feature metrics live in `kdlib.feature_metrics` (re-exported here); the students'
+weights and test logits are kept in the student store (`kdlib.student_store`), so a new
+analysis of the same students never retrains them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from kdlib import presets
-from kdlib._validate import as_tensor, check_int, check_positive
+from kdlib._validate import check_int, check_positive
+from kdlib.experiments.common import (
+    cut_recipe_specs,
+    limited_threads,
+    load_teacher,
+    missing_data,
+    run_name,
+    store_path,
+    students_dir,
+)
+from kdlib.feature_metrics import (  # noqa: F401  (re-exported: the module's old API)
+    confused_mask,
+    confused_points,
+    feature_metrics,
+    knn_accuracy,
+    nearest_neighbours,
+    penultimate_features,
+    separation_ratio,
+    silhouette,
+)
 from kdlib.paper import PAPER_TEMPERATURES
-from kdlib.recipe import recipe_from_spec
 
 NAME = "tsne_features"
 ROLES = ("calibrated", "miscalibrated")
@@ -52,6 +73,7 @@ presets.register(NAME, {
         "embed_seeds": [0],
         "k": 5,
         "perplexity": 30.0,
+        "torch_threads": 1,
     },
     "default": {
         "data": {"name": "digits", "seed": 0},      # 1257 train / 540 test 8x8 images
@@ -66,6 +88,7 @@ presets.register(NAME, {
         "embed_seeds": [0],
         "k": 5,
         "perplexity": 30.0,
+        "torch_threads": 1,                         # 1 thread: measured fastest on 2 shared cores
     },
     "paper": {
         "data": {"name": "cifar10", "seed": 0},     # Figure 5 is on CIFAR-10
@@ -80,191 +103,23 @@ presets.register(NAME, {
         "embed_seeds": [0],
         "k": 5,
         "perplexity": 30.0,
+        "torch_threads": None,                      # torch's own choice (a GPU run)
     },
-})
+}, tables={"figure5": ["temperatures", "seeds", "embed_seeds"]},
+    dry_run=lambda cfg: cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")))
+
+TABLE = "Figure 5"
 
 
-# ------------------------------------------------------------------ the teacher
-
-
-def load_teacher(data: dict, teacher: str, teacher_recipe, teacher_seed: int):
-    """(Dataset, teacher model in eval mode, its record) from the on-disk teacher cache
-    (trained on first use)."""
-    from kdlib.experiments.common import load_data, teacher_cache_dir
-    from kdlib.teachers import get_teacher
-
-    d = load_data(data)
-    model, record = get_teacher(teacher, d, recipe_from_spec(teacher_recipe),
-                                seed=check_int(teacher_seed, "teacher_seed", minimum=0),
-                                cache_dir=teacher_cache_dir(), progress=False)
-    return d, model, record
-
-
-# ------------------------------------------------------------------ features and metrics
-
-
-@torch.no_grad()
-def penultimate_features(model, data, batch_size: int = 1024, device="auto"):
-    """Penultimate features of `model` (eval mode) on the normalized, unaugmented test split.
-
-    data: a kdlib Dataset or DeviceData. Returns (features N x D float32, labels N int64),
-    both CPU tensors, in test-set order. The model's train/eval mode is restored.
-    """
-    from kdlib.devices import resolve_device
-    from kdlib.train import as_device_data
-
-    batch_size = check_int(batch_size, "batch_size", minimum=1)
-    dev = resolve_device(device)
-    dd = as_device_data(data, dev)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    was_training = model.training
-    model.to(dev).eval()
-    feats, labels = [], []
-    try:
-        for b in dd.test_batches(batch_size):
-            out = model(b.x, return_features=True)
-            feats.append(out[1].float().cpu())
-            labels.append(b.y.cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
-
-
-def _check_features(features, min_points: int = 2) -> np.ndarray:
-    x = as_tensor(features, "features")
-    if x.dim() != 2:
-        raise ValueError(f"features must be N x D, got shape {tuple(x.shape)}")
-    if x.dtype == torch.bool or x.dtype.is_complex:
-        raise TypeError(f"features must be real numbers, got {x.dtype}")
-    x = x.detach().cpu().double().numpy()
-    if len(x) < min_points:
-        raise ValueError(f"need at least {min_points} points, got {len(x)}")
-    if not np.isfinite(x).all():
-        raise ValueError("features must be finite (found NaN or inf)")
-    return x
-
-
-def _check_features_labels(features, labels, min_points: int = 2):
-    x = _check_features(features, min_points)
-    y = as_tensor(labels, "labels")
-    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
-        raise TypeError(f"labels must be a 1-D integer array, got {y.dtype} with shape "
-                        f"{tuple(y.shape)}")
-    y = y.detach().cpu().long().numpy()
-    if len(y) != len(x):
-        raise ValueError(f"labels has {len(y)} entries but features has {len(x)} rows")
-    if (y < 0).any():
-        raise ValueError("labels must be >= 0")
-    return x, y
-
-
-def _check_k(k, n: int) -> int:
-    return check_int(k, "k", minimum=1, maximum=n - 1)
-
-
-def nearest_neighbours(features, k: int = 5, chunk: int = 1024) -> np.ndarray:
-    """Indices (N x k int64) of each point's k nearest OTHER points (Euclidean), nearest
-    first; equal distances are ordered by index. A point's exact duplicates count as
-    neighbours (at distance 0); the point itself never does. Ties at the k-th distance
-    are broken arbitrarily."""
-    x = _check_features(features)
-    n = len(x)
-    k = _check_k(k, n)
-    sq = (x * x).sum(1)
-    out = np.empty((n, k), dtype=np.int64)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * x[start:stop] @ x.T
-        np.maximum(d2, 0.0, out=d2)
-        rows = np.arange(stop - start)
-        d2[rows, rows + start] = np.inf
-        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        dist = np.take_along_axis(d2, part, axis=1)
-        order = np.lexsort((part, dist), axis=1)  # by distance, then by index
-        out[start:stop] = np.take_along_axis(part, order, axis=1)
-    return out
-
-
-def _vote(neighbour_labels: np.ndarray) -> np.ndarray:
-    """Plurality label of each row; a tie goes to the tied class met first (nearest)."""
-    pred = np.empty(len(neighbour_labels), dtype=np.int64)
-    for i, row in enumerate(neighbour_labels):
-        counts = np.bincount(row)
-        top = counts.max()
-        pred[i] = next(c for c in row if counts[c] == top)
-    return pred
-
-
-def confused_mask(features, labels, k: int = 5) -> np.ndarray:
-    """Boolean N-vector: True where fewer than k/2 of the point's k nearest other points
-    (Euclidean) share its label (the points `confused_points` counts)."""
-    x, y = _check_features_labels(features, labels)
-    nb = nearest_neighbours(x, _check_k(k, len(x)))
-    return 2 * (y[nb] == y[:, None]).sum(1) < k
-
-
-def knn_accuracy(features, labels, k: int = 5) -> float:
-    """Leave-one-out k-NN accuracy in feature space (fraction in [0, 1]): each point is
-    classified by the plurality label of its k nearest other points (Euclidean); a tie goes
-    to the tied class whose member is nearest."""
-    x, y = _check_features_labels(features, labels)
-    nb = nearest_neighbours(x, _check_k(k, len(x)))
-    return float((_vote(y[nb]) == y).mean())
-
-
-def confused_points(features, labels, k: int = 5) -> int:
-    """Number of points whose k nearest other points are mostly (more than k/2) from other
-    classes, i.e. fewer than k/2 of them share the point's label."""
-    return int(confused_mask(features, labels, k).sum())
-
-
-def silhouette(features, labels) -> float:
-    """Mean silhouette coefficient (Euclidean) of the classes, in [-1, 1]; needs 2 to N - 1
-    distinct labels."""
-    from sklearn.metrics import silhouette_score
-
-    x, y = _check_features_labels(features, labels, min_points=3)
-    n_labels = len(np.unique(y))
-    if not 2 <= n_labels <= len(x) - 1:
-        raise ValueError(f"silhouette needs between 2 and N - 1 = {len(x) - 1} distinct "
-                         f"labels, got {n_labels}")
-    return float(silhouette_score(x, y, metric="euclidean"))
-
-
-def separation_ratio(features, labels) -> float:
-    """Mean Euclidean distance between the class centroids (over all pairs of classes)
-    divided by the mean distance of a point to its own class centroid. Scale-free; larger
-    means classes further apart relative to their spread. Needs >= 2 classes."""
-    x, y = _check_features_labels(features, labels)
-    classes = np.unique(y)
-    if len(classes) < 2:
-        raise ValueError(f"separation_ratio needs >= 2 classes, got {len(classes)}")
-    centroids = np.stack([x[y == c].mean(0) for c in classes])
-    index = np.searchsorted(classes, y)
-    spread = np.linalg.norm(x - centroids[index], axis=1).mean()
-    i, j = np.triu_indices(len(classes), 1)
-    between = np.linalg.norm(centroids[i] - centroids[j], axis=1).mean()
-    if spread == 0:
-        return float("inf")
-    return float(between / spread)
-
-
-def feature_metrics(features, labels, k: int = 5) -> dict:
-    """All feature-space metrics at once (the neighbours are searched once):
-    {"knn_accuracy", "silhouette", "n_confused", "confused_fraction", "separation_ratio",
-    "n"} as Python numbers."""
-    x, y = _check_features_labels(features, labels, min_points=3)
-    k = _check_k(k, len(x))
-    nb = nearest_neighbours(x, k)
-    same = (y[nb] == y[:, None]).sum(1)
-    n_confused = int((2 * same < k).sum())
-    return {"knn_accuracy": float((_vote(y[nb]) == y).mean()),
-            "silhouette": silhouette(x, y),
-            "n_confused": n_confused,
-            "confused_fraction": n_confused / len(x),
-            "separation_ratio": separation_ratio(x, y),
-            "n": len(x)}
+def skipped_tables(cfg: dict) -> list[tuple[str, str]]:
+    """[(table, reason)] for the tables this config cannot run: Figure 5 when its data set
+    is missing from the data folder (the reason names the file to fetch) or when a selection
+    left no seeds; [] when everything runs."""
+    _check_cfg(cfg)
+    reason = missing_data(cfg["data"])
+    if reason is None and not cfg["seeds"]:
+        reason = "the selection left no seeds"
+    return [(TABLE, reason)] if reason else []
 
 
 # ------------------------------------------------------------------ teacher: pick the taus
@@ -298,15 +153,16 @@ def teacher_curve(cfg: dict) -> pd.DataFrame:
     from kdlib.train import ECE_BINS, predict_logits
 
     _check_cfg(cfg)
-    d, teacher, _ = load_teacher(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
-                                 cfg["teacher_seed"])
-    logits = predict_logits(teacher, d)
-    taus = [float(t) for t in cfg["temperatures"]]
-    eces = ece_vs_temperature(logits, d.test_y, taus, n_bins=ECE_BINS)
-    curve = pd.DataFrame({"temperature": taus, "ece": eces.astype(float)})
-    curve.attrs["accuracy"] = float((logits.argmax(1) == d.test_y).float().mean())
-    feats, labels = penultimate_features(teacher, d)
-    curve.attrs["features"] = feature_metrics(feats, labels, cfg["k"])
+    with limited_threads(cfg["torch_threads"]):
+        d, teacher, _ = load_teacher(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
+                                     cfg["teacher_seed"])
+        logits = predict_logits(teacher, d)
+        taus = [float(t) for t in cfg["temperatures"]]
+        eces = ece_vs_temperature(logits, d.test_y, taus, n_bins=ECE_BINS)
+        curve = pd.DataFrame({"temperature": taus, "ece": eces.astype(float)})
+        curve.attrs["accuracy"] = float((logits.argmax(1) == d.test_y).float().mean())
+        feats, labels = penultimate_features(teacher, d)
+        curve.attrs["features"] = feature_metrics(feats, labels, cfg["k"])
     return curve
 
 
@@ -335,7 +191,7 @@ def paper_extremes() -> pd.DataFrame:
 
 def _check_cfg(cfg: dict) -> None:
     need = ["data", "teacher", "student", "teacher_recipe", "teacher_seed", "student_recipe",
-            "loss", "temperatures", "seeds", "embed_seeds", "k", "perplexity"]
+            "loss", "temperatures", "seeds", "embed_seeds", "k", "perplexity", "torch_threads"]
     if not isinstance(cfg, dict):
         raise TypeError(f"cfg must be a dict from presets.get({NAME!r}, scale)")
     missing = [k for k in need if k not in cfg]
@@ -345,20 +201,20 @@ def _check_cfg(cfg: dict) -> None:
         raise ValueError("temperatures must list at least 2 values to choose from")
     for t in cfg["temperatures"]:
         check_positive(t, "temperature")
-    if not cfg["seeds"]:
-        raise ValueError("seeds must not be empty")
     unknown = [s for s in cfg["embed_seeds"] if s not in cfg["seeds"]]
     if unknown:
         raise ValueError(f"embed_seeds {unknown} are not in seeds {cfg['seeds']}")
 
 
-def grid(cfg: dict, taus: dict) -> list[dict]:
-    """One distill_and_measure cell per seed (both students of a seed in one cell)."""
+def grid(cfg: dict, taus: dict, scale: str = "default") -> list[dict]:
+    """One distill_and_measure cell per seed (both students of a seed in one cell); the
+    students are kept in the student store of `scale` (dry runs in their own)."""
     _check_cfg(cfg)
     if not isinstance(taus, dict) or set(taus) != set(ROLES):
         raise ValueError(f"taus must be a dict with keys {ROLES}, got {taus!r}")
     fixed = {k: cfg[k] for k in ("data", "teacher", "student", "teacher_recipe", "teacher_seed",
-                                 "student_recipe", "loss", "k", "perplexity")}
+                                 "student_recipe", "loss", "k", "perplexity", "torch_threads")}
+    fixed["store"] = run_name(scale, cfg.get("dry_run", False))
     temps = {r: check_positive(taus[r], f"taus[{r!r}]") for r in ROLES}
     return [{**fixed, "temperatures": temps, "seed": check_int(s, "seed", minimum=0),
              "embed": s in cfg["embed_seeds"]} for s in cfg["seeds"]]
@@ -366,63 +222,73 @@ def grid(cfg: dict, taus: dict) -> list[dict]:
 
 def distill_and_measure(data: dict, teacher: str, student: str, teacher_recipe,
                         teacher_seed: int, student_recipe, loss: str, temperatures: dict,
-                        seed: int, k: int, perplexity: float, embed: bool) -> dict:
+                        seed: int, k: int, perplexity: float, embed: bool,
+                        store: str = "default", torch_threads: int | None = None) -> dict:
     """Distil the teacher into one student per role ({"calibrated": tau, ...}), stacked:
-    same initialization (`seed`) and batch order. Measures each student's test accuracy,
-    ECE and feature_metrics; with `embed`, also a 2-D t-SNE of its penultimate features.
+    same initialization (`seed`) and batch order; students already in the student store
+    runs/<store>/students (`kdlib.student_store`) are read instead of trained. Measures each
+    student's test accuracy, ECE and feature_metrics; with `embed`, also a 2-D t-SNE of its
+    penultimate features.
 
     Returns {"students": [{"role", "temperature", "teacher_ece_at_tau", "accuracy", "ece",
     "agreement", **feature_metrics}, ...], "embeddings": {role: [[x, y], ...]} or {},
     "confused": {role: indices of the confused test points} or {}, "labels": test labels
     (list) or []}.
     """
-    from kdlib.stacked import distill_stacked
+    from kdlib.student_store import distill_students, teacher_id
     from kdlib.train import make_model
     from kdlib.tsne import tsne
 
     seed = check_int(seed, "seed", minimum=0)
-    roles = [r for r in ROLES if r in temperatures]
     if set(temperatures) != set(ROLES):
         raise ValueError(f"temperatures must be {{role: tau}} for roles {ROLES}, "
                          f"got {temperatures!r}")
-    d, t_model, _ = load_teacher(data, teacher, teacher_recipe, teacher_seed)
-    students = [make_model(student, d, seed=seed) for _ in roles]
-    specs = [{"loss": loss, "temperature": check_positive(temperatures[r], "temperature")}
-             for r in roles]
-    records = distill_stacked(students, t_model, d, specs, recipe_from_spec(student_recipe),
-                              seed=seed, progress=False)
-    rows, embeddings, confused, labels = [], {}, {}, []
-    for role, model, rec in zip(roles, students, records):
-        feats, y = penultimate_features(model, d)
-        m = rec["metrics"]
-        rows.append({"role": role, "temperature": float(temperatures[role]),
-                     "teacher_ece_at_tau": float(m["teacher_ece_at_tau"]),
-                     "accuracy": float(m["accuracy"]), "ece": float(m["ece"]),
-                     "agreement": float(m["agreement"]),
-                     **feature_metrics(feats, y, k)})
-        if embed:
-            xy = tsne(feats, perplexity=min(float(perplexity), (len(y) - 1) / 3), seed=seed)
-            embeddings[role] = np.round(xy, 4).tolist()
-            confused[role] = np.flatnonzero(confused_mask(feats, y, k)).tolist()
-            labels = y.tolist()
+    roles = list(ROLES)
+    with limited_threads(torch_threads):
+        d, t_model, _ = load_teacher(data, teacher, teacher_recipe, teacher_seed)
+        specs = [{"loss": loss, "temperature": check_positive(temperatures[r], "temperature")}
+                 for r in roles]
+        found = distill_students(students_dir(store), d, t_model,
+                                 teacher_id(data, teacher, teacher_recipe, teacher_seed),
+                                 student, student_recipe, specs, seed)
+        rows, embeddings, confused, labels = [], {}, {}, []
+        for role, f in zip(roles, found):
+            model = make_model(student, d, seed=seed)
+            model.load_state_dict(f["model"])
+            feats, y = penultimate_features(model, d)
+            m = f["record"]["metrics"]
+            rows.append({"role": role, "temperature": float(temperatures[role]),
+                         "teacher_ece_at_tau": float(m["teacher_ece_at_tau"]),
+                         "accuracy": float(m["accuracy"]), "ece": float(m["ece"]),
+                         "agreement": float(m["agreement"]),
+                         **feature_metrics(feats, y, k)})
+            if embed:
+                xy = tsne(feats, perplexity=min(float(perplexity), (len(y) - 1) / 3),
+                          seed=seed)
+                embeddings[role] = np.round(xy, 4).tolist()
+                confused[role] = np.flatnonzero(confused_mask(feats, y, k)).tolist()
+                labels = y.tolist()
     return {"students": rows, "embeddings": embeddings, "confused": confused, "labels": labels}
 
 
 def run(cfg: dict, scale: str, taus: dict, progress: bool = True):
-    """Run (or load from runs/<scale>/tsne_features.sqlite) every seed's students.
+    """Run (or load from runs/<scale>/tsne_features.sqlite; dry runs from
+    runs/<scale>-dry-run/) every seed's students.
 
-    Returns (df, embeddings): df has one row per (seed, role) with the columns of
+    Returns (df, embeddings, records): df has one row per (seed, role) with the columns of
     distill_and_measure's students; embeddings is {seed: {"labels": array N, role: N x 2
-    array, role + "_confused": boolean N-mask}} for the embedded seeds.
+    array, role + "_confused": boolean N-mask}} for the embedded seeds; records are the
+    per-seed sweep records (plain JSON, for `kdlib.outputs.save_records`).
     """
     from kdlib import sweep
-    from kdlib.experiments.common import store_path
 
-    cells = grid(cfg, taus)
-    results = sweep.run(distill_and_measure, cells, store_path(NAME, scale), namespace=NAME,
-                        progress=progress)
-    rows, embeddings = [], {}
+    cells = grid(cfg, taus, scale)
+    results = sweep.run(distill_and_measure, cells,
+                        store_path(NAME, scale, dry_run=cfg.get("dry_run", False)),
+                        namespace=NAME, progress=progress)
+    rows, embeddings, records = [], {}, []
     for rec in results:
+        records.append({k: rec[k] for k in ("seed", "temperatures", "students")})
         for s in rec["students"]:
             rows.append({"seed": rec["seed"], **s})
         if rec["embeddings"]:
@@ -432,7 +298,7 @@ def run(cfg: dict, scale: str, taus: dict, progress: bool = True):
                 emb[r] = np.asarray(v, dtype=float)
                 emb[f"{r}_confused"] = np.isin(np.arange(len(labels)), rec["confused"][r])
             embeddings[rec["seed"]] = emb
-    return pd.DataFrame(rows), embeddings
+    return pd.DataFrame(rows), embeddings, records
 
 
 # ------------------------------------------------------------------ tables
@@ -508,3 +374,61 @@ def claims(df: pd.DataFrame) -> pd.DataFrame:
         rows.append(cl.claim(text, paper, mean, lo, hi, int(np.isfinite(values).sum()), kind,
                              unit=unit, digits=3 if scale == 1.0 else 2))
     return cl.claims_table(rows)
+
+
+def headline_figures(df: pd.DataFrame) -> dict:
+    """The report's headline figures (kdlib.headline Figures): mean 5-NN feature accuracy
+    of each role's students (percent) and, paired by seed, miscalibrated minus calibrated
+    5-NN and test accuracy (points, 95% t-interval over seeds when there are >= 2).
+    df: run(...)[0]."""
+    from kdlib.analysis import mean_t_interval
+    from kdlib.headline import percent, points
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a DataFrame (run(...)[0]), got {type(df).__name__}")
+    d = paired_differences(df).drop(index="mean")
+    out = {}
+    for role in ROLES:
+        out[f"5-NN accuracy, {role} teacher's students"] = percent(
+            float(df.loc[df["role"] == role, "knn_accuracy"].mean()))
+    for metric, label in (("knn_accuracy", "5-NN accuracy"), ("accuracy", "test accuracy")):
+        mean, lo, hi = mean_t_interval(d[metric].to_numpy(float))
+        fig = points(mean, lo, hi) if np.isfinite(lo) and np.isfinite(hi) else points(mean)
+        out[f"{label}, miscalibrated - calibrated"] = fig
+    return out
+
+
+def panels(df: pd.DataFrame, embeddings: dict, seed: int) -> dict:
+    """The t-SNE panels of one embedded seed for `kdlib.plots.features.tsne_panels`:
+    {title: (xy N x 2, labels N, confused mask N)}, calibrated first; titles give tau, the
+    teacher's ECE at tau, test and 5-NN accuracy (percent) and the confused count."""
+    if seed not in embeddings:
+        raise ValueError(f"seed {seed} was not embedded; embedded seeds: {sorted(embeddings)}")
+    per_seed = df[df["seed"] == seed].set_index("role")
+    emb = embeddings[seed]
+    out = {}
+    for role in ROLES:
+        r = per_seed.loc[role]
+        title = (f"{role}: tau = {r['temperature']:g}, teacher ECE "
+                 f"{100 * r['teacher_ece_at_tau']:.1f}%\nacc {100 * r['accuracy']:.1f}%, "
+                 f"5-NN {100 * r['knn_accuracy']:.1f}%, confused {int(r['n_confused'])}")
+        out[title] = (emb[role], emb["labels"], emb[f"{role}_confused"])
+    return out
+
+
+def paper_beside_ours(summary: pd.DataFrame, teacher: str, student: str) -> pd.DataFrame:
+    """`paper_extremes` (KD columns, percent) with one more row: our teacher -> student at
+    its calibrated and miscalibrated tau (teacher ECE and KD accuracy, seed means, percent),
+    names in the paper's spelling plus " (ours)". summary: summary_table(df)."""
+    from kdlib.paper import paper_name
+
+    if not isinstance(summary, pd.DataFrame) or not set(ROLES) <= set(summary.index):
+        raise ValueError(f"summary must be summary_table(df) with rows {ROLES}")
+    paper = paper_extremes()
+    row = {"teacher": paper_name(teacher) + " (ours)", "student": paper_name(student)}
+    for role in ROLES:
+        row[f"{role}_tau"] = float(summary.loc[role, "temperature"])
+        row[f"{role}_teacher_ece"] = float(summary.loc[role, "teacher_ece_at_tau_mean"])
+        row[f"{role}_kd_accuracy"] = float(summary.loc[role, "accuracy_mean"])
+    kd = paper.drop(columns=[c for c in paper if c.endswith("dist_accuracy")])
+    return pd.concat([kd, pd.DataFrame([row])], ignore_index=True)
