@@ -42,6 +42,8 @@ __all__ = [
     "CIFAR100_STD",
     "PUBLISHED_CIFAR100",
     "Normalization",
+    "Renormalized",
+    "renormalized",
     "expected_normalization",
     "identify_published",
     "load_published",
@@ -394,3 +396,53 @@ def load_published(arch: str, path, num_classes: int = 100) -> nn.Module:
     model.input_normalization = PUBLISHED_CIFAR100
     model.published_meta = {"arch": name, "path": path, **meta}
     return model
+
+
+class Renormalized(nn.Module):
+    """`model` fed batches normalized for another network: forward(x) with x normalized by
+    `source` (e.g. a data set's train-split statistics) runs ``model`` on the same images
+    normalized by `target` (the constants `model` was trained with):
+    ``model((x * source.std + source.mean - target.mean) / target.std)``, per channel.
+
+    Exact for every pixel, padding included (kdlib pads the raw image before normalizing).
+    x: B x C x H x W float; returns the model's output unchanged.
+    """
+
+    def __init__(self, model: nn.Module, source: Normalization, target: Normalization):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for label, norm in (("source", source), ("target", target)):
+            if not isinstance(norm, Normalization) or norm.mean is None:
+                raise TypeError(f"{label} must be a Normalization with mean and std, "
+                                f"got {norm!r}")
+        if len(source.mean) != len(target.mean):
+            raise ValueError(f"source and target differ in channels: {len(source.mean)} vs "
+                             f"{len(target.mean)}")
+        self.model = model
+        self.source, self.target = source, target
+        s_std = torch.tensor(source.std, dtype=torch.float64)
+        s_mean = torch.tensor(source.mean, dtype=torch.float64)
+        t_std = torch.tensor(target.std, dtype=torch.float64)
+        t_mean = torch.tensor(target.mean, dtype=torch.float64)
+        # x' = x * scale + shift, both per channel (1 x C x 1 x 1)
+        self.register_buffer("scale", (s_std / t_std).float().view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("shift", ((s_mean - t_mean) / t_std).float().view(1, -1, 1, 1),
+                             persistent=False)
+
+    def forward(self, x, *args, **kwargs):
+        return self.model(x * self.scale.to(x.dtype) + self.shift.to(x.dtype), *args, **kwargs)
+
+
+def renormalized(model: nn.Module, dataset) -> nn.Module:
+    """`model` ready for batches of `dataset` (normalized with its train-split statistics):
+    wrapped in `Renormalized` when ``model.input_normalization`` differs from them (published
+    teachers), else `model` itself."""
+    expected = expected_normalization(model, dataset)
+    if expected.mean is None or getattr(dataset, "mean", None) is None:
+        return model
+    source = Normalization("train-split", dataset.mean, dataset.std)
+    if tuple(expected.mean) == tuple(source.mean) and tuple(expected.std) == tuple(source.std):
+        return model
+    return Renormalized(model, source, expected)

@@ -33,6 +33,7 @@ written; `teacher_checkpoints(record)` lists only the epochs of the caller's own
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -253,16 +254,28 @@ def _check_inputs(arch, data, recipe, seed, cache_dir, progress, model_kwargs):
     return data, seed, dict(model_kwargs or {})
 
 
-def get_teacher(arch: str, data, recipe: Recipe, seed: int = 0, *, cache_dir=DEFAULT_CACHE_DIR,
-                device="auto", progress: bool = True, model_kwargs: dict | None = None):
+def get_teacher(arch: str, data, recipe: Recipe | None = None, seed: int = 0, *,
+                cache_dir=DEFAULT_CACHE_DIR, device="auto", progress: bool = True,
+                model_kwargs: dict | None = None, pretrained=None):
     """Return (teacher model on the CPU in eval mode, training record), training it on
     first use (see the module docstring for what is cached and how failures recover).
 
     data: a kdlib.data.Dataset (or a name for load_dataset, loaded from "data/").
     record["checkpoint_epochs"]: the epochs of recipe.checkpoint_every, all on disk.
+    pretrained: path of a published CIFAR teacher (RepDistiller/mdistiller files, see
+    `kdlib.published.load_published`) to register in the cache instead of training (recipe
+    and seed are then not used); see `published_teacher`.
+    Two processes asking for the same teacher at once (sweep workers, Dask workers on a
+    shared folder) do not both train it: the first holds `<folder>/.lock` (an exclusive
+    fcntl lock) while it trains, the others wait and then load its files.
     Raises ValueError/TypeError for bad inputs (an unknown arch included) and
     kdlib.atomic.DiskFullError when the cache's disk is full.
     """
+    if pretrained is not None:
+        return published_teacher(arch, data, pretrained, cache_dir=cache_dir)
+    if recipe is None:
+        raise TypeError("get_teacher needs a recipe (e.g. Recipe.preset('default')) unless "
+                        "pretrained= names a published teacher file")
     from kdlib.devices import resolve_device
     from kdlib.train import make_model
 
@@ -272,6 +285,40 @@ def get_teacher(arch: str, data, recipe: Recipe, seed: int = 0, *, cache_dir=DEF
     fresh = make_model(arch, data, seed=seed, **model_kwargs)  # an unknown arch fails here
     key = teacher_key(arch, data, recipe, seed, model_kwargs)
     folder = teacher_dir(key, cache_dir)
+    with folder_lock(folder):
+        return _get_locked(arch, data, recipe, seed, dev, progress, model_kwargs, fresh, key,
+                           folder)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive lock on `<folder>/.lock` (fcntl.flock; a no-op where fcntl is
+    missing) for the duration of a ``with`` block; `folder` is created if missing. A
+    process that must wait says so once. The lock file stays (empty); the lock dies with
+    the process that holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no cross-process lock
+        yield
+        return
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        _warn_and_move(folder, "a file where the cache folder belongs")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process to finish teacher {folder.name} ...",
+                  flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _get_locked(arch, data, recipe, seed, dev, progress, model_kwargs, fresh, key, folder):
     final = folder / "final.pt"
     needed = needed_epochs(recipe)
     cadence = cache_cadence(recipe.epochs, recipe.checkpoint_every)
@@ -291,7 +338,7 @@ def get_teacher(arch: str, data, recipe: Recipe, seed: int = 0, *, cache_dir=DEF
             cadence = math.gcd(cadence, _written_cadence(record) or cadence)
             warnings.warn(f"cached teacher {folder} lacks the checkpoints of epochs {missing} "
                           f"(recipe.checkpoint_every={recipe.checkpoint_every}); retraining it "
-                          f"from seed to write every {cadence} epochs", stacklevel=2)
+                          f"from seed to write every {cadence} epochs", stacklevel=3)
 
     folder.mkdir(parents=True, exist_ok=True)
     state = folder / "state.pt"
@@ -303,6 +350,63 @@ def get_teacher(arch: str, data, recipe: Recipe, seed: int = 0, *, cache_dir=DEF
     save_atomic({"model": model.state_dict(), "record": record, "key": key}, final)
     _discard(state)  # final.pt replaces it
     return model.eval(), {**record, "checkpoint_epochs": needed}
+
+
+def published_teacher(arch: str, data, path, *, cache_dir=DEFAULT_CACHE_DIR):
+    """(teacher, record) for a published CIFAR teacher file, registered in the cache.
+
+    The file is read with `kdlib.published.load_published` (refused whole when it holds
+    another architecture) and copied into ``<cache_dir>/<arch>-published-<hash>/final.pt``
+    (hashed, keyed by the file's SHA-256 and class count), so later calls and other
+    processes load the verified copy. The returned teacher takes batches of `data` as kdlib
+    normalizes them (its train-split statistics) and re-normalizes them to the constants it
+    was trained with (`kdlib.published.renormalized`). record: {"published": {"path",
+    "sha256", "form", "epoch", "accuracy"}, "normalization": name, "config": {"arch"},
+    "cache_dir"}.
+    """
+    from kdlib.atomic import sha256_file
+    from kdlib.published import load_published, renormalized
+
+    if not isinstance(arch, str) or not arch:
+        raise TypeError(f"arch must be a model name such as 'resnet56', got {arch!r}")
+    if isinstance(data, str):
+        from kdlib.data import load_dataset
+        data = load_dataset(data)
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained teacher file {path!r} does not exist")
+    digest = sha256_file(path)
+    key = {"format": CACHE_FORMAT, "arch": arch, "data": "published",
+           "sha256": digest, "num_classes": data.num_classes}
+    folder = teacher_dir(key, cache_dir)
+    final = folder / "final.pt"
+    with folder_lock(folder):
+        model = None
+        if final.exists():
+            try:
+                ckpt = load_checkpoint(final, require_hash=True)
+                if ckpt.get("key") != key:
+                    raise CorruptCheckpointError(f"{final} was written for another file")
+                from kdlib.train import make_model
+                model = make_model(arch, data)
+                check_state_dict(model, ckpt.get("model"), final)
+                model.load_state_dict(ckpt["model"])
+                record = ckpt["record"]
+            except Exception as err:
+                _warn_and_move(final, err)
+                model = None
+        if model is None:
+            model = load_published(arch, path, num_classes=data.num_classes)
+            meta = dict(model.published_meta)
+            record = {"published": {"path": os.fspath(path), "sha256": digest,
+                                    **{k: meta.get(k) for k in ("form", "epoch", "accuracy")}},
+                      "normalization": model.input_normalization.name,
+                      "config": {"arch": arch}}
+            folder.mkdir(parents=True, exist_ok=True)
+            save_atomic({"model": model.state_dict(), "record": record, "key": key}, final)
+    from kdlib.published import PUBLISHED_CIFAR100
+
+    model.input_normalization = PUBLISHED_CIFAR100
+    return renormalized(model.eval(), data).eval(), {**record, "cache_dir": str(folder)}
 
 
 def _train(arch, data, recipe, seed, folder, dev, progress, model_kwargs, state):

@@ -337,3 +337,60 @@ def test_normalization_validation():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         expected_normalization("resnet8", _tiny_cifar())
     assert Normalization("raw", None, None).apply(torch.ones(1, 2)).sum() == 2
+
+
+def test_get_teacher_pretrained_registers_and_renormalizes(tmp_path, one_thread):
+    """A published teacher from get_teacher(pretrained=) takes batches normalized with the
+    data's own statistics and gives the original network's logits on the published ones;
+    the second call loads the verified cached copy (same logits, the file may be gone)."""
+    from kdlib.published import Renormalized
+    from kdlib.teachers import get_teacher
+    from kdlib.train import predict_logits
+
+    data = _tiny_cifar()
+    original = _trained_looking("resnet8")
+    path = _save({"epoch": 240, "model": to_published_state_dict("resnet8",
+                                                                 original.state_dict()),
+                  "accuracy": 71.5, "optimizer": None}, tmp_path / "ckpt_epoch_240.pth")
+    cache = tmp_path / "cache"
+    teacher, record = get_teacher("resnet8", data, pretrained=path, cache_dir=cache)
+    assert isinstance(teacher, Renormalized)
+    assert record["published"]["accuracy"] == 71.5 and record["published"]["epoch"] == 240
+    assert record["normalization"] == "published-cifar100"
+    mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = original((data.test_x.float() / 255 - mean) / std)
+    got = predict_logits(teacher, data, device="cpu")  # kdlib's batches, data's own stats
+    assert float((got - expected).abs().max()) <= 1e-4
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        get_teacher("resnet8", data, pretrained=path, cache_dir=cache)
+    with pytest.raises(TypeError, match="needs a recipe"):
+        get_teacher("resnet8", data, cache_dir=cache)
+
+
+def test_folder_lock_makes_a_second_process_wait(tmp_path):
+    """While one process holds a teacher folder's lock, another one blocks until it is
+    released (measured by the order of the events the two write)."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from kdlib.teachers import folder_lock
+
+    folder = tmp_path / "resnet8-digits-abc"
+    log = tmp_path / "log"
+    code = textwrap.dedent(f"""
+        from kdlib.teachers import folder_lock
+        with folder_lock({str(folder)!r}):
+            open({str(log)!r}, "a").write("child\\n")
+    """)
+    with folder_lock(folder):
+        child = subprocess.Popen([sys.executable, "-c", code])
+        time.sleep(1.0)
+        assert not log.exists() or log.read_text() == ""  # still waiting
+        log.write_text("parent\n")
+    assert child.wait(timeout=60) == 0
+    assert log.read_text() == "parent\nchild\n"
