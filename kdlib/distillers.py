@@ -6,6 +6,9 @@ Every distiller maps (student output, teacher output, labels) to one scalar loss
 
 which is the paper's eq. 2 with the method's term in place of KD. The paper's experiments
 use alpha = 1 (no CE term) for both KD and DIST.
+
+Loss names: "kd", "kd_ls" (KD on z-scored logits, Sun et al. CVPR 2024), "dist", "dkd"
+(Zhao et al. CVPR 2022), "dkd_ls" (DKD on z-scored logits), "fitnet"; or a callable.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from kdlib._validate import check_fraction, check_int, check_positive
-from kdlib.losses import FitNetHint, check_temperature, dist_loss, kd_loss
+from kdlib.losses import FitNetHint, check_temperature, dist_loss, dkd_loss, kd_loss
 
-LOSSES = ("kd", "dist", "fitnet")
+LOSSES = ("kd", "kd_ls", "dist", "dkd", "dkd_ls", "fitnet")
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -33,48 +36,96 @@ class Distiller(torch.nn.Module):
     `needs_features`: the student/teacher outputs passed to `forward` are
     (logits, penultimate, stages) tuples instead of logits.
     `options`: the keyword arguments (loss_kwargs) the method takes besides temperature and
-    alpha; `make_distiller` refuses any other.
+    alpha; `make_distiller` refuses any other. `user_options`: those a user may pass to a
+    training engine (the rest, e.g. FitNet's stage shapes, the engine fills in).
+    `term(student, teacher, labels)` is the method's term; labels are the B class indices.
     """
 
     needs_features = False
     options: tuple[str, ...] = ()
+    user_options: tuple[str, ...] = ()
 
     def __init__(self, temperature: float, alpha: float = 1.0):
         super().__init__()
         self.temperature = check_temperature(temperature)
         self.alpha = check_fraction(alpha, "alpha")
 
-    def term(self, student, teacher) -> torch.Tensor:
+    def term(self, student, teacher, labels) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, student, teacher, labels) -> torch.Tensor:
         logits = student[0] if self.needs_features else student
-        loss = self.alpha * self.term(student, teacher)
+        loss = self.alpha * self.term(student, teacher, labels)
         if self.alpha < 1.0:
             loss = loss + (1.0 - self.alpha) * F.cross_entropy(full_precision(logits), labels)
         return loss
 
 
 class KD(Distiller):
-    """Hinton KD: tau^2 * KL(teacher || student) at temperature tau."""
+    """Hinton KD: tau^2 * KL(teacher || student) at temperature tau (loss name "kd")."""
 
-    def term(self, student, teacher):
-        return kd_loss(full_precision(student), full_precision(teacher), self.temperature)
+    standardize = False
+
+    def term(self, student, teacher, labels):
+        return kd_loss(full_precision(student), full_precision(teacher), self.temperature,
+                       self.standardize)
+
+
+class KDLS(KD):
+    """KD on z-scored logits (Sun et al., CVPR 2024; loss name "kd_ls"): see kd_loss."""
+
+    standardize = True
 
 
 class DIST(Distiller):
     """DIST (Huang et al. 2022): inter- and intra-class Pearson relations at tau."""
 
     options = ("beta", "gamma")
+    user_options = options
 
     def __init__(self, temperature: float, alpha: float = 1.0, beta: float = 1.0,
                  gamma: float = 1.0):
         super().__init__(temperature, alpha)
         self.beta, self.gamma = (_check_weight(beta, "beta"), _check_weight(gamma, "gamma"))
 
-    def term(self, student, teacher):
+    def term(self, student, teacher, labels):
         return dist_loss(full_precision(student), full_precision(teacher), self.temperature,
                          self.beta, self.gamma)
+
+
+class DKD(Distiller):
+    """Decoupled KD (Zhao et al., CVPR 2022; loss name "dkd"): see kdlib.losses.dkd_loss.
+
+    term = tckd_weight * TCKD + nckd_weight * NCKD at tau, each times tau^2; tckd_weight and
+    nckd_weight are the DKD paper's alpha and beta (renamed: `alpha` here is kdlib's CE
+    weight), defaults 1 and 8 as the paper uses on CIFAR-100 (with tau = 4). The official
+    code adds the plain CE loss (weight 1) and ramps the DKD term in linearly over the first
+    20 epochs (min(epoch / 20, 1)); kdlib combines CE as (1 - alpha) * CE + alpha * term
+    like every distiller, and has no warm-up (a distiller does not see the epoch). The
+    labels are not value-scanned here (the training engines validate the data set's labels;
+    an out-of-range label fails in the index ops).
+    """
+
+    options = ("tckd_weight", "nckd_weight")
+    user_options = options
+    standardize = False
+
+    def __init__(self, temperature: float, alpha: float = 1.0, tckd_weight: float = 1.0,
+                 nckd_weight: float = 8.0):
+        super().__init__(temperature, alpha)
+        self.tckd_weight = _check_weight(tckd_weight, "tckd_weight")
+        self.nckd_weight = _check_weight(nckd_weight, "nckd_weight")
+
+    def term(self, student, teacher, labels):
+        return dkd_loss(full_precision(student), full_precision(teacher), labels,
+                        self.tckd_weight, self.nckd_weight, self.temperature, self.standardize,
+                        check_values=False)
+
+
+class DKDLS(DKD):
+    """DKD on z-scored logits (Sun et al., CVPR 2024; loss name "dkd_ls")."""
+
+    standardize = True
 
 
 class FitNet(Distiller):
@@ -88,6 +139,7 @@ class FitNet(Distiller):
 
     needs_features = True
     options = ("hint_weight", "stage", "student_shape", "teacher_shape")
+    user_options = ("hint_weight", "stage")
 
     def __init__(self, temperature: float, student_shape, teacher_shape, alpha: float = 1.0,
                  hint_weight: float = 100.0, stage: int = 1):
@@ -96,7 +148,7 @@ class FitNet(Distiller):
         self.hint_weight = check_positive(hint_weight, "hint_weight")
         self.stage = check_int(stage, "stage", minimum=0)
 
-    def term(self, student, teacher):
+    def term(self, student, teacher, labels):
         s_logits, _, s_stages = student
         t_logits, _, t_stages = teacher
         kd = kd_loss(full_precision(s_logits), full_precision(t_logits), self.temperature)
@@ -119,7 +171,7 @@ class CallableDistiller(Distiller):
             raise TypeError(f"loss must be one of {LOSSES} or a callable, got {fn!r}")
         self.fn = fn
 
-    def term(self, student, teacher):
+    def term(self, student, teacher, labels):
         value = self.fn(student, teacher, self.temperature)
         name = getattr(self.fn, "__name__", "the loss function")
         if not isinstance(value, torch.Tensor) or not torch.is_floating_point(value):
@@ -146,7 +198,8 @@ def _check_weight(value, name: str) -> float:
 def _distiller_class(loss):
     if callable(loss) and not isinstance(loss, str):
         return CallableDistiller
-    classes = {"kd": KD, "dist": DIST, "fitnet": FitNet}
+    classes = {"kd": KD, "kd_ls": KDLS, "dist": DIST, "dkd": DKD, "dkd_ls": DKDLS,
+               "fitnet": FitNet}
     if not isinstance(loss, str) or loss not in classes:
         raise ValueError(f"loss must be one of {list(LOSSES)} or a callable, got {loss!r}")
     return classes[loss]
@@ -171,12 +224,21 @@ def check_loss_kwargs(loss, kwargs, allowed: tuple[str, ...] | None = None) -> d
     return dict(kwargs)
 
 
-def make_distiller(loss, temperature: float, alpha: float = 1.0, **kwargs) -> Distiller:
-    """Build the distiller for `loss` ("kd", "dist", "fitnet" or a callable).
+def loss_options(loss, user: bool = False) -> tuple[str, ...]:
+    """The loss_kwargs names `loss` takes (user=True: those a user passes to an engine).
 
-    kwargs: the method's options only (KD and callables: none; DIST: beta, gamma; FitNet:
-    hint_weight, stage and the required `student_shape`, `teacher_shape`, per-sample stage
-    shapes); any other name is refused (ValueError naming the allowed ones).
+    loss: a name in LOSSES or a callable (none). Unknown names raise ValueError."""
+    cls = _distiller_class(loss)
+    return cls.user_options if user else cls.options
+
+
+def make_distiller(loss, temperature: float, alpha: float = 1.0, **kwargs) -> Distiller:
+    """Build the distiller for `loss` (a name in LOSSES or a callable).
+
+    kwargs: the method's options only (KD, KD-LS and callables: none; DIST: beta, gamma;
+    DKD, DKD-LS: tckd_weight, nckd_weight; FitNet: hint_weight, stage and the required
+    `student_shape`, `teacher_shape`, per-sample stage shapes); any other name is refused
+    (ValueError naming the allowed ones).
     """
     cls = _distiller_class(loss)
     kwargs = check_loss_kwargs(loss, kwargs, cls.options)

@@ -1,8 +1,18 @@
-"""Distillation losses: vanilla KD, DIST, soft cross-entropy and FitNet hints.
+"""Distillation losses: vanilla KD, DKD, DIST, soft cross-entropy and FitNet hints.
 
-Conventions (see REFERENCE.md):
-    logits are B x C floating tensors (B samples, C classes); temperatures are finite and > 0.
+Conventions:
+    logits are B x C floating tensors (B samples, C classes); temperatures are finite and > 0;
+    labels are B integer class indices in [0, C).
     Every loss returns a 0-d tensor, averaged over the batch.
+
+Logit standardization (Sun et al., CVPR 2024, "Logit Standardization in Knowledge
+Distillation"): with standardize=True, `kd_loss` and `dkd_loss` first z-score every row of
+both the student's and the teacher's logits, (z - mean) / (std + 1e-7) with the unbiased
+(n - 1) std, as the authors' code does, then apply softmax(. / tau). The loss is still
+multiplied by tau^2 (as the authors' code also does). Standardized rows have unit std, so tau
+sets the softness directly: the authors run standardized KD on CIFAR-100 at a base
+temperature of 2 (some pairs 3) with a KD weight of 9; kdlib takes tau and the weights as
+given and sets no such defaults.
 
 Validation checks shapes, dtypes and scalar arguments only; logit values are never scanned
 (these functions run every training step). Wrong shapes or scalar values raise ValueError;
@@ -30,6 +40,11 @@ from kdlib._validate import as_tensor, check_int, check_positive
 
 __all__ = [
     "kd_loss",
+    "dkd_loss",
+    "dkd_terms",
+    "standardize_logits",
+    "stacked_logit_losses",
+    "STACKED_LOSSES",
     "dist_loss",
     "dist_loss_from_probs",
     "pearson_rows",
@@ -40,6 +55,8 @@ __all__ = [
 DIST_EPS = 1e-8  # added to the norm product in the Pearson correlation (official DIST code)
 MIN_TEMPERATURE = 1e-3  # smallest accepted tau (see the module docstring)
 MAX_TEMPERATURE = 1e3  # largest accepted tau: tau^2 = 1e6 still leaves the loss finite
+LS_EPS = 1e-7  # added to the row std in logit standardization (the authors' code)
+STACKED_LOSSES = ("kd", "kd_ls", "dist", "dkd", "dkd_ls")  # names stacked_logit_losses takes
 
 
 # ----------------------------------------------------------------------------- checks
@@ -98,23 +115,161 @@ def _check_nonnegative(value, name: str) -> float:
     return value
 
 
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+# ----------------------------------------------------------------------------- standardization
+def _zscore(z: torch.Tensor) -> torch.Tensor:
+    """(z - mean) / (std + LS_EPS) along the last dimension, unbiased std; needs >= 2 entries."""
+    return (z - z.mean(dim=-1, keepdim=True)) / (z.std(dim=-1, keepdim=True) + LS_EPS)
+
+
+def _check_standardizable(x: torch.Tensor, name: str) -> None:
+    if x.shape[-1] < 2:
+        raise ValueError(f"logit standardization needs at least 2 classes (the unbiased std of "
+                         f"one value is undefined), got {name} of shape {tuple(x.shape)}")
+
+
+def standardize_logits(logits) -> torch.Tensor:
+    """Z-score each row (Sun et al., CVPR 2024): (z - mean(z)) / (std(z) + 1e-7).
+
+    logits: B x C floating tensor, C >= 2. std is the unbiased (n - 1) standard deviation of
+    the row, as torch.std and the authors' code compute it. Returns B x C (16-bit input in
+    float32): every row has mean 0 and std std/(std + 1e-7), i.e. 1 up to the guard; a
+    constant row (std 0) maps to zeros instead of dividing by 0.
+    """
+    z = _check_matrix(logits, "logits")
+    _check_standardizable(z, "logits")
+    return _zscore(_at_least_float32(z))
+
+
 # ----------------------------------------------------------------------------- KD
-def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+def _kl_rows(log_pt: torch.Tensor, log_ps: torch.Tensor) -> torch.Tensor:
+    """KL(pt || ps) along the last dimension from log-probabilities."""
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)
+
+
+def kd_loss(student_logits, teacher_logits, temperature: float,
+            standardize: bool = False) -> torch.Tensor:
     """Hinton KD: tau^2 * KL(softmax(t/tau) || softmax(s/tau)), 'batchmean' reduction.
 
     student_logits, teacher_logits: B x C floating tensors (same shape).
     temperature: tau, finite and > 0.
+    standardize: z-score each row of both first (`standardize_logits`; needs C >= 2), the
+    "KD + logit standardization" loss of Sun et al. (CVPR 2024), still times tau^2.
     Returns a 0-d tensor: the KL summed over the C classes, averaged over the B rows
     (not also divided by C), times tau^2. Gradients flow to both inputs; detach the teacher
     yourself if it must not be trained. temperature must lie in [1e-3, 1e3].
     """
     s, t = _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
     tau = check_temperature(temperature)
+    standardize = _check_flag(standardize, "standardize")
     s, t = _at_least_float32(s), _at_least_float32(t)
+    if standardize:
+        _check_standardizable(s, "student_logits")
+        s, t = _zscore(s), _zscore(t)
     log_ps = F.log_softmax(s / tau, dim=1)
     log_pt = F.log_softmax(t / tau, dim=1)
-    kl_rows = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
-    return kl_rows.mean() * tau**2
+    return _kl_rows(log_pt, log_ps).mean() * tau**2
+
+
+# ----------------------------------------------------------------------------- DKD
+def _non_target_index(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """... x (C - 1) column indices of the classes other than y (sync-free, no boolean mask)."""
+    j = torch.arange(classes - 1, device=y.device)
+    return j + (j >= y.unsqueeze(-1)).long()
+
+
+def _dkd_rows(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor):
+    """Per-row (TCKD, NCKD) without tau^2 from tempered logits a = s/tau (student), b = t/tau.
+
+    a, b: ... x C (C >= 2); y: ... target indices. The binary probabilities are formed in log
+    space (log p_target = a_y - lse(a), log p_rest = lse(a without y) - lse(a)), and the
+    non-target distribution is the softmax over the C - 1 other columns exactly.
+    """
+    classes = a.shape[-1]
+    yi = y.unsqueeze(-1)
+    nt = _non_target_index(y, classes)
+    lse_s, lse_t = torch.logsumexp(a, dim=-1), torch.logsumexp(b, dim=-1)
+    a_nt, b_nt = a.gather(-1, nt), b.gather(-1, nt)
+    lse_s_nt, lse_t_nt = torch.logsumexp(a_nt, dim=-1), torch.logsumexp(b_nt, dim=-1)
+    log_bin_s = torch.stack([a.gather(-1, yi).squeeze(-1) - lse_s, lse_s_nt - lse_s], dim=-1)
+    log_bin_t = torch.stack([b.gather(-1, yi).squeeze(-1) - lse_t, lse_t_nt - lse_t], dim=-1)
+    tckd = _kl_rows(log_bin_t, log_bin_s)
+    nckd = _kl_rows(b_nt - lse_t_nt.unsqueeze(-1), a_nt - lse_s_nt.unsqueeze(-1))
+    return tckd, nckd
+
+
+def _check_labels(labels, batch: int, classes: int, scan: bool) -> torch.Tensor:
+    y = as_tensor(labels, "labels")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices (int64), got {y.dtype}")
+    if tuple(y.shape) != (batch,):
+        raise ValueError(f"labels must be a vector of the batch's {batch} class indices, "
+                         f"got shape {tuple(y.shape)}")
+    if scan and batch:
+        lo, hi = (int(v) for v in torch.aminmax(y))
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"labels must lie in [0, {classes}) (C = {classes} classes), "
+                             f"got values in [{lo}, {hi}]")
+    return y.long()
+
+
+def _check_dkd_classes(classes: int) -> None:
+    if classes < 2:
+        raise ValueError(f"DKD needs at least 2 classes (a target and a non-target one), "
+                         f"got C = {classes}")
+
+
+def dkd_terms(student_logits, teacher_logits, labels, temperature: float,
+              standardize: bool = False, *, check_values: bool = True):
+    """DKD's two terms (Zhao et al., CVPR 2022), each times tau^2 and averaged over the batch.
+
+    student_logits, teacher_logits: B x C floating tensors, C >= 2; labels: B integer target
+    classes in [0, C); temperature: tau in [1e-3, 1e3]; standardize: z-score the rows first
+    (as in `kd_loss`). With p = softmax(z / tau) and target class y of each row:
+        TCKD = KL((p^T_y, 1 - p^T_y) || (p^S_y, 1 - p^S_y))          (binary)
+        NCKD = KL(q^T || q^S),  q_j = p_j / (1 - p_y) for j != y      (C - 1 classes)
+    Returns (tckd, nckd): two 0-d tensors, tau^2 * the batch mean of each. Per row,
+    KD = TCKD + (1 - p^T_y) * NCKD (the paper's eq. 1). The official code drops the target
+    class by subtracting 1000 from its tempered logit; kdlib removes the column exactly (the
+    two agree unless z_y / tau exceeds the others by hundreds, which tau = 1e-3 allows).
+    check_values: scan the label values (one host sync on a GPU); engines that validated
+    the data set's labels pass False. Shapes and dtypes are always checked.
+    """
+    s, t = _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
+    tau = check_temperature(temperature)
+    standardize = _check_flag(standardize, "standardize")
+    check_values = _check_flag(check_values, "check_values")
+    batch, classes = s.shape
+    _check_dkd_classes(classes)
+    y = _check_labels(labels, batch, classes, check_values).to(s.device)
+    s, t = _at_least_float32(s), _at_least_float32(t)
+    if standardize:
+        s, t = _zscore(s), _zscore(t)
+    tckd, nckd = _dkd_rows(s / tau, t / tau, y)
+    return tckd.mean() * tau**2, nckd.mean() * tau**2
+
+
+def dkd_loss(student_logits, teacher_logits, labels, alpha: float, beta: float,
+             temperature: float, standardize: bool = False, *,
+             check_values: bool = True) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD, each times tau^2.
+
+    student_logits, teacher_logits: B x C floating tensors, C >= 2; labels: B integer target
+    classes in [0, C); alpha, beta: weights >= 0 (the paper uses alpha = 1, beta = 8 on
+    CIFAR-100, tau = 4); temperature: tau in [1e-3, 1e3]; standardize: z-score the rows of
+    both first (Sun et al., CVPR 2024, as their DKD code does). TCKD and NCKD are as in
+    `dkd_terms`. Returns a 0-d tensor, averaged over the batch.
+    """
+    alpha = _check_nonnegative(alpha, "alpha")
+    beta = _check_nonnegative(beta, "beta")
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature, standardize,
+                           check_values=check_values)
+    return alpha * tckd + beta * nckd
 
 
 # ----------------------------------------------------------------------------- DIST
@@ -267,21 +422,6 @@ def _pearson_last(a: torch.Tensor, b: torch.Tensor, eps: float = DIST_EPS) -> to
     return (a_c * b_c).sum(dim=-1) / (a_c.norm(dim=-1) * b_c.norm(dim=-1) + eps)
 
 
-def _check_stacked_labels(labels, batch: int, classes: int, scan: bool) -> torch.Tensor:
-    y = as_tensor(labels, "labels")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices (int64), got {y.dtype}")
-    if tuple(y.shape) != (batch,):
-        raise ValueError(f"labels must be a vector of the batch's {batch} class indices, "
-                         f"got shape {tuple(y.shape)}")
-    if scan and batch:
-        lo, hi = (int(v) for v in torch.aminmax(y))
-        if lo < 0 or hi >= classes:
-            raise ValueError(f"labels must lie in [0, {classes}) (C = {classes} classes), "
-                             f"got values in [{lo}, {hi}]")
-    return y.long()
-
-
 def _stacked_vector(values, name: str, k: int, device, dtype) -> torch.Tensor:
     try:
         v = torch.as_tensor(values, dtype=dtype, device=device).reshape(-1)
@@ -291,6 +431,47 @@ def _stacked_vector(values, name: str, k: int, device, dtype) -> torch.Tensor:
     if len(v) != k:
         raise ValueError(f"{name} needs one entry per student (K = {k}), got {len(v)}")
     return v
+
+
+def _stacked_inputs(student_logits, teacher_logits, temperatures, alphas, labels,
+                    check_values):
+    """Checked (s, t, tau, alpha, y) of the stacked losses: K x B x C, K x B x C, K, K, B."""
+    s = _check_floating(student_logits, "student_logits")
+    if s.dim() != 3 or min(s.shape) < 1:
+        raise ValueError(f"student_logits must be K x B x C with K, B, C >= 1, got shape "
+                         f"{tuple(s.shape)}")
+    t = _check_floating(teacher_logits, "teacher_logits")
+    if t.dim() == 2:
+        t = t.unsqueeze(0).expand_as(s) if t.shape == s.shape[1:] else t
+    if t.shape != s.shape:
+        raise ValueError(f"teacher_logits must be B x C or K x B x C matching the students "
+                         f"{tuple(s.shape)}, got {tuple(teacher_logits.shape)}")
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values must be True or False, got {check_values!r}")
+    s, t = _at_least_float32(s), _at_least_float32(t)
+    k, batch, classes = s.shape
+    tau = _stacked_vector(temperatures, "temperatures", k, s.device, s.dtype)
+    alpha = _stacked_vector(alphas, "alphas", k, s.device, s.dtype)
+    y = _check_labels(labels, batch, classes, check_values).to(s.device)
+    if check_values:
+        for i, v in enumerate(tau.tolist()):
+            check_temperature(v, f"temperatures[{i}]")
+        for i, v in enumerate(alpha.tolist()):
+            if not (0.0 <= v <= 1.0):
+                raise ValueError(f"alphas[{i}] must be in [0, 1], got {v}")
+    return s, t, tau, alpha, y
+
+
+def _stacked_ce(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    k, _, classes = s.shape
+    return F.cross_entropy(s.reshape(-1, classes), y.repeat(k),
+                           reduction="none").view(k, -1).mean(dim=1)
+
+
+def _stacked_dist(ps: torch.Tensor, pt: torch.Tensor, beta: float, gamma: float):
+    inter = 1.0 - _pearson_last(ps, pt).mean(dim=1)
+    intra = 1.0 - _pearson_last(ps.transpose(1, 2), pt.transpose(1, 2)).mean(dim=1)
+    return beta * inter + gamma * intra
 
 
 def stacked_kd_dist(student_logits, teacher_logits, temperatures, is_dist, alphas, labels,
@@ -307,50 +488,87 @@ def stacked_kd_dist(student_logits, teacher_logits, temperatures, is_dist, alpha
     functions give, computed in a handful of batched ops (16-bit logits in float32).
     check_values: scan the values of temperatures, alphas and labels (one host sync when they
     live on a GPU); training engines that checked them once at entry pass False. Shapes and
-    dtypes are always checked.
+    dtypes are always checked. `stacked_logit_losses` also takes kd_ls, dkd and dkd_ls.
     """
-    s = _check_floating(student_logits, "student_logits")
-    if s.dim() != 3 or min(s.shape) < 1:
-        raise ValueError(f"student_logits must be K x B x C with K, B, C >= 1, got shape "
-                         f"{tuple(s.shape)}")
-    t = _check_floating(teacher_logits, "teacher_logits")
-    if t.dim() == 2:
-        t = t.unsqueeze(0).expand_as(s) if t.shape == s.shape[1:] else t
-    if t.shape != s.shape:
-        raise ValueError(f"teacher_logits must be B x C or K x B x C matching the students "
-                         f"{tuple(s.shape)}, got {tuple(teacher_logits.shape)}")
-    if not isinstance(check_values, bool):
-        raise TypeError(f"check_values must be True or False, got {check_values!r}")
     beta = _check_nonnegative(beta, "beta")
     gamma = _check_nonnegative(gamma, "gamma")
-    s, t = _at_least_float32(s), _at_least_float32(t)
-    k, batch, classes = s.shape
     if isinstance(is_dist, torch.Tensor) and is_dist.dtype != torch.bool:
         raise TypeError(f"is_dist must be K booleans (True = DIST, False = KD), got a "
                         f"{is_dist.dtype} tensor")
     if not isinstance(is_dist, torch.Tensor) and any(
             not isinstance(v, (bool, np.bool_)) for v in np.asarray(is_dist, dtype=object).ravel()):
         raise TypeError(f"is_dist must be K booleans (True = DIST, False = KD), got {is_dist!r}")
-    tau = _stacked_vector(temperatures, "temperatures", k, s.device, s.dtype)
-    alpha = _stacked_vector(alphas, "alphas", k, s.device, s.dtype)
+    s, t, tau, alpha, y = _stacked_inputs(student_logits, teacher_logits, temperatures, alphas,
+                                          labels, check_values)
+    k, batch, _ = s.shape
     dist_mask = _stacked_vector(is_dist, "is_dist", k, s.device, torch.bool)
-    y = _check_stacked_labels(labels, batch, classes, check_values)
-    if check_values:
-        for i, v in enumerate(tau.tolist()):
-            check_temperature(v, f"temperatures[{i}]")
-        for i, v in enumerate(alpha.tolist()):
-            if not (0.0 <= v <= 1.0):
-                raise ValueError(f"alphas[{i}] must be in [0, 1], got {v}")
     tau3 = tau.view(k, 1, 1)
     log_ps = F.log_softmax(s / tau3, dim=-1)
     log_pt = F.log_softmax(t / tau3, dim=-1)
-    pt = log_pt.exp()
-    kd = (pt * (log_pt - log_ps)).sum(dim=(1, 2)) / batch
-    ps = log_ps.exp()
-    inter = 1.0 - _pearson_last(ps, pt).mean(dim=1)
-    intra = 1.0 - _pearson_last(ps.transpose(1, 2), pt.transpose(1, 2)).mean(dim=1)
-    dist = beta * inter + gamma * intra
+    kd = _kl_rows(log_pt, log_ps).mean(dim=1)
+    dist = _stacked_dist(log_ps.exp(), log_pt.exp(), beta, gamma)
     term = torch.where(dist_mask, dist, kd) * tau**2
-    ce = F.cross_entropy(s.reshape(-1, classes), y.repeat(k),
-                         reduction="none").view(k, -1).mean(dim=1)
-    return alpha * term + (1.0 - alpha) * ce
+    return alpha * term + (1.0 - alpha) * _stacked_ce(s, y)
+
+
+def _check_loss_names(losses, k: int) -> tuple[str, ...]:
+    if isinstance(losses, str) or not isinstance(losses, Sequence):
+        raise TypeError(f"losses must be a sequence of K loss names from {list(STACKED_LOSSES)}"
+                        f", got {losses!r}")
+    names = tuple(losses)
+    if len(names) != k:
+        raise ValueError(f"losses needs one entry per student (K = {k}), got {len(names)}")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in STACKED_LOSSES:
+            raise ValueError(f"losses[{i}] must be one of {list(STACKED_LOSSES)}, got {name!r}")
+    return names
+
+
+def stacked_logit_losses(student_logits, teacher_logits, temperatures, losses, alphas, labels,
+                         *, beta: float = 1.0, gamma: float = 1.0, tckd_weight: float = 1.0,
+                         nckd_weight: float = 8.0, check_values: bool = True) -> torch.Tensor:
+    """The losses of K students at once, each with its own logit loss and tau.
+
+    student_logits: K x B x C; teacher_logits: B x C (shared) or K x B x C; temperatures,
+    alphas: K-vectors (tau in [1e-3, 1e3], alpha in [0, 1]); losses: K names from
+    STACKED_LOSSES ("kd", "kd_ls", "dist", "dkd", "dkd_ls"; "_ls" = logit standardization);
+    labels: B integer class indices in [0, C); beta, gamma: DIST weights >= 0; tckd_weight,
+    nckd_weight: DKD's alpha and beta (>= 0). Returns the K-vector
+        alpha_k * term_k + (1 - alpha_k) * CE_k,
+    term_k being `kd_loss`, `dist_loss` or `dkd_loss` at tau_k (standardize=True for the
+    "_ls" names): the values the per-student functions give, in batched ops. Each loss
+    family present is computed for all K members and each member picks its own, so the
+    names are never sent to the device (no host sync). check_values: as in
+    `stacked_kd_dist`; "_ls" and DKD need C >= 2.
+    """
+    beta = _check_nonnegative(beta, "beta")
+    gamma = _check_nonnegative(gamma, "gamma")
+    tckd_weight = _check_nonnegative(tckd_weight, "tckd_weight")
+    nckd_weight = _check_nonnegative(nckd_weight, "nckd_weight")
+    s, t, tau, alpha, y = _stacked_inputs(student_logits, teacher_logits, temperatures, alphas,
+                                          labels, check_values)
+    k, batch, classes = s.shape
+    names = _check_loss_names(losses, k)
+    if any(n.endswith("_ls") for n in names):
+        _check_standardizable(s, "student_logits")
+    if any(n.startswith("dkd") for n in names):
+        _check_dkd_classes(classes)
+    tau3 = tau.view(k, 1, 1)
+    scaled = {False: (s / tau3, t / tau3)}
+    if any(n.endswith("_ls") for n in names):
+        scaled[True] = (_zscore(s) / tau3, _zscore(t) / tau3)
+    terms = {}
+    for name in dict.fromkeys(names):
+        a, b = scaled[name.endswith("_ls")]
+        if name == "dist":
+            terms[name] = _stacked_dist(F.softmax(a, dim=-1), F.softmax(b, dim=-1), beta, gamma)
+        elif name.startswith("kd"):
+            terms[name] = _kl_rows(F.log_softmax(b, dim=-1), F.log_softmax(a, dim=-1)).mean(1)
+        else:
+            tckd, nckd = _dkd_rows(a, b, y.expand(k, batch))
+            terms[name] = tckd_weight * tckd.mean(1) + nckd_weight * nckd.mean(1)
+    if len(terms) == 1:
+        term = terms[names[0]]
+    else:
+        term = torch.stack([terms[n][i] for i, n in enumerate(names)])
+    return alpha * term * tau**2 + (1.0 - alpha) * _stacked_ce(s, y)

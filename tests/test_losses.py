@@ -462,3 +462,215 @@ def test_stacked_kd_dist_equals_per_student_losses():
         stacked_kd_dist(s[0], t, taus, dist, alphas, y)
     with pytest.raises(ValueError, match="> 0"):
         stacked_kd_dist(s, t, [0.0] * k, dist, alphas, y)
+
+
+# ------------------------------------------------------------------- logit standardization
+def _zscore_by_hand(row, eps=1e-7):
+    n = len(row)
+    m = sum(row) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in row) / (n - 1))  # unbiased, as torch.std
+    return [(v - m) / (sd + eps) for v in row]
+
+
+def test_standardize_logits_hand_computed():
+    from kdlib.losses import standardize_logits
+
+    got = standardize_logits(torch.tensor(S, dtype=torch.float64))
+    for row, want in zip(got.tolist(), (_zscore_by_hand(r) for r in S), strict=True):
+        assert row == pytest.approx(want, rel=1e-12)
+    # row 0 = (1, 2, 0.5): mean 7/6, unbiased var 7/12, so z_1 = (5/6) / sqrt(7/12)
+    assert got[0, 1].item() == pytest.approx((5 / 6) / math.sqrt(7 / 12), rel=1e-6)
+    assert got[0, 1].item() == pytest.approx(1.091089, abs=1e-6)
+    # unbiased std: the z-scored row has sample std 1 (a biased std would give sqrt(3/2))
+    assert got.std(dim=1).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+
+
+def test_standardize_constant_row_uses_the_guard_and_stays_finite():
+    from kdlib.losses import standardize_logits
+
+    z = torch.tensor([[5.0, 5.0, 5.0], [1.0, 2.0, 3.0]], requires_grad=True)
+    out = standardize_logits(z)
+    assert out[0].tolist() == [0.0, 0.0, 0.0]  # 0 / (0 + 1e-7), not 0 / 0
+    assert out[1].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
+    # a constant teacher row is uniform after standardization: KD-LS = KL(uniform || student)
+    s = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[5.0, 5.0, 5.0]], dtype=torch.float64)
+    q = _softmax_by_hand(_zscore_by_hand(S[0]), 2.0)
+    want = 4.0 * _kl_by_hand([1 / 3] * 3, q)
+    value = kd_loss(s, t, 2.0, standardize=True)
+    assert value.item() == pytest.approx(want, rel=1e-9)
+    # a constant student row: finite value and gradient (of order 1 / 1e-7, as in the authors' code)
+    (grad,) = torch.autograd.grad(kd_loss(z, z.detach() * 2, 1.0, standardize=True), z)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, 4.0])
+def test_kd_loss_standardized_hand_computed(tau):
+    expected = tau**2 * sum(
+        _kl_by_hand(_softmax_by_hand(_zscore_by_hand(t), tau),
+                    _softmax_by_hand(_zscore_by_hand(s), tau))
+        for s, t in zip(S, T, strict=True)) / len(S)
+    s, t = torch.tensor(S, dtype=torch.float64), torch.tensor(T, dtype=torch.float64)
+    assert kd_loss(s, t, tau, standardize=True).item() == pytest.approx(expected, rel=1e-10)
+    assert kd_loss(s, t, tau, True).item() == pytest.approx(expected, rel=1e-10)  # positional
+    # the default is unchanged, plain KD
+    assert kd_loss(s, t, tau).item() == pytest.approx(kd_loss(s, t, tau, False).item(), rel=0)
+    assert kd_loss(s, t, tau).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_standardized_kd_ignores_the_students_scale_and_shift():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    t = torch.randn(6, 10, generator=g, dtype=torch.float64) * 5
+    base = kd_loss(s, t, 2.0, standardize=True).item()
+    moved = kd_loss(7.0 * s - 3.0, 0.25 * t + 1.0, 2.0, standardize=True).item()
+    assert moved == pytest.approx(base, rel=1e-6)  # exact up to the 1e-7 guard
+    # plain KD is not scale invariant: the test above could fail
+    assert kd_loss(7.0 * s, t, 2.0).item() != pytest.approx(kd_loss(s, t, 2.0).item(), rel=0.01)
+
+
+# ----------------------------------------------------------------------------- DKD
+Y = [0, 2]
+
+
+def _dkd_by_hand(s, t, y, tau):
+    """(TCKD, NCKD) of one row from the DKD paper's definitions, without tau^2."""
+    ps, pt = _softmax_by_hand(s, tau), _softmax_by_hand(t, tau)
+    tckd = _kl_by_hand([pt[y], 1 - pt[y]], [ps[y], 1 - ps[y]])
+    qs = [p / (1 - ps[y]) for j, p in enumerate(ps) if j != y]
+    qt = [p / (1 - pt[y]) for j, p in enumerate(pt) if j != y]
+    return tckd, _kl_by_hand(qt, qs)
+
+
+def test_dkd_terms_first_row_worked_out():
+    from kdlib.losses import dkd_terms
+
+    # row 0, target 0, tau 1: p^T = (e^2, 1, e) / (e^2 + 1 + e) = (.66524, .09003, .24473),
+    # p^S = (e, e^2, e^.5) / (e + e^2 + e^.5) = (.23122, .62853, .14024);
+    # TCKD = .66524 ln(.66524/.23122) + .33476 ln(.33476/.76878) = .42469;
+    # non-target: q^T = (1, e) / (1 + e) = (.26894, .73106), q^S = (e^2, e^.5) / (e^2 + e^.5)
+    # = (.81757, .18243); NCKD = .26894 ln(.26894/.81757) + .73106 ln(.73106/.18243) = .71580.
+    s0, t0 = torch.tensor([S[0]], dtype=torch.float64), torch.tensor([T[0]], dtype=torch.float64)
+    tckd, nckd = dkd_terms(s0, t0, torch.tensor([0]), 1.0)
+    assert tckd.item() == pytest.approx(0.42469, abs=2e-5)
+    assert nckd.item() == pytest.approx(0.71580, abs=2e-5)
+    # the paper's eq. 1: KD = TCKD + (1 - p^T_target) * NCKD (row 0's KD is 0.66431, above)
+    assert (tckd + (1 - 0.665241) * nckd).item() == pytest.approx(0.66431, abs=2e-5)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_dkd_loss_hand_computed(tau, standardize):
+    from kdlib.losses import dkd_loss, dkd_terms
+
+    prep = _zscore_by_hand if standardize else list
+    rows = [_dkd_by_hand(prep(s), prep(t), y, tau) for s, t, y in zip(S, T, Y, strict=True)]
+    tckd = tau**2 * sum(r[0] for r in rows) / 2
+    nckd = tau**2 * sum(r[1] for r in rows) / 2
+    s, t = torch.tensor(S, dtype=torch.float64), torch.tensor(T, dtype=torch.float64)
+    y = torch.tensor(Y)
+    got_t, got_n = dkd_terms(s, t, y, tau, standardize)
+    assert got_t.item() == pytest.approx(tckd, rel=1e-10)
+    assert got_n.item() == pytest.approx(nckd, rel=1e-10)
+    got = dkd_loss(s, t, y, 1.0, 8.0, tau, standardize)
+    assert got.dim() == 0
+    assert got.item() == pytest.approx(tckd + 8.0 * nckd, rel=1e-10)
+    assert dkd_loss(s, t, y, 0.5, 0.0, tau, standardize=standardize).item() == pytest.approx(
+        0.5 * tckd, rel=1e-10)
+
+
+def test_dkd_decomposes_kd_per_row():
+    # KD = TCKD + (1 - p^T_y) NCKD holds row by row, so with alpha = 1 and beta = 1 - p^T_y
+    # (one row at a time) DKD is exactly KD; with beta = 8 it is larger.
+    from kdlib.losses import dkd_loss
+
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(5, 7, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(5, 7, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, 7, (5,), generator=g)
+    for i in range(5):
+        pty = F.softmax(t[i] / 3.0, 0)[y[i]].item()
+        got = dkd_loss(s[i:i + 1], t[i:i + 1], y[i:i + 1], 1.0, 1 - pty, 3.0)
+        assert got.item() == pytest.approx(kd_loss(s[i:i + 1], t[i:i + 1], 3.0).item(),
+                                           rel=1e-10)
+    assert abs(dkd_loss(s, s.clone(), y, 1.0, 8.0, 3.0).item()) < 1e-12  # zero at the teacher
+
+
+def test_dkd_removes_the_target_exactly_at_a_small_temperature():
+    # The official code subtracts 1000 from the target's tempered logit. At tau = 1e-3 a
+    # target leading by 3 is 3000 / tau-units ahead, so that trick keeps the target in the
+    # "non-target" softmax; kdlib drops the column and gets the paper's q_j = p_j / (1 - p_y).
+    from kdlib.losses import dkd_terms
+
+    tau = 1e-3
+    t = torch.tensor([[3.0, 0.0, 0.001]], dtype=torch.float64)
+    s = torch.tensor([[0.0, 0.002, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0])
+    qt = [1 / (1 + math.e), math.e / (1 + math.e)]  # non-target tempered logits (0, 1)
+    qs = [math.e**2 / (1 + math.e**2), 1 / (1 + math.e**2)]  # (2, 0)
+    _, nckd = dkd_terms(s, t, y, tau)
+    assert nckd.item() == pytest.approx(tau**2 * _kl_by_hand(qt, qs), rel=1e-9)
+    trick_t = F.softmax(t / tau - 1000.0 * F.one_hot(y, 3), dim=1)
+    assert trick_t[0, 0].item() > 0.99  # the official trick leaks the target here
+
+
+def test_dkd_is_finite_over_the_allowed_temperatures_and_in_16_bit():
+    from kdlib.losses import dkd_loss
+
+    g = torch.Generator().manual_seed(5)
+    s = (torch.randn(8, 10, generator=g) * 1e3).requires_grad_()
+    t = torch.randn(8, 10, generator=g) * 1e3
+    y = torch.randint(0, 10, (8,), generator=g)
+    for tau in (1e-3, 1.0, 1e3):
+        for standardize in (False, True):
+            value = dkd_loss(s, t, y, 1.0, 8.0, tau, standardize)
+            (grad,) = torch.autograd.grad(value, s)
+            assert torch.isfinite(value) and torch.isfinite(grad).all(), (tau, standardize)
+    s16, t16 = (s.detach() / 30).half(), (t / 30).half()
+    value = dkd_loss(s16, t16, y, 1.0, 8.0, 0.01)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(
+        dkd_loss(s16.float(), t16.float(), y, 1.0, 8.0, 0.01).item(), rel=1e-6)
+
+
+def test_dkd_and_standardize_validation():
+    from kdlib.losses import dkd_loss, dkd_terms, standardize_logits
+
+    s, t, y = torch.tensor(S), torch.tensor(T), torch.tensor(Y)
+    for tau in (0.0, -1.0, 1e-4, 1e4, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be"):
+            dkd_loss(s, t, y, 1.0, 8.0, tau)
+    with pytest.raises(TypeError, match="temperature must be a real"):
+        dkd_loss(s, t, y, 1.0, 8.0, "4")
+    with pytest.raises(TypeError, match="labels must be integer"):
+        dkd_loss(s, t, y.float(), 1.0, 8.0, 4.0)
+    with pytest.raises(ValueError, match="batch's 2 class indices"):
+        dkd_loss(s, t, y.view(2, 1), 1.0, 8.0, 4.0)
+    with pytest.raises(ValueError, match="batch's 2 class indices"):
+        dkd_loss(s, t, torch.tensor([0, 1, 2]), 1.0, 8.0, 4.0)
+    for bad in ([0, 3], [-1, 0]):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            dkd_loss(s, t, torch.tensor(bad), 1.0, 8.0, 4.0)
+    with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
+        dkd_loss(s, t, y, -1.0, 8.0, 4.0)
+    with pytest.raises(ValueError, match="beta must be finite and >= 0"):
+        dkd_loss(s, t, y, 1.0, float("inf"), 4.0)
+    with pytest.raises(TypeError, match="standardize must be True or False"):
+        dkd_loss(s, t, y, 1.0, 8.0, 4.0, standardize=1)
+    with pytest.raises(TypeError, match="standardize must be True or False"):
+        kd_loss(s, t, 4.0, "yes")
+    with pytest.raises(ValueError, match="same shape"):
+        dkd_loss(s, t[:, :2], y, 1.0, 8.0, 4.0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        dkd_loss(s[:, :1], t[:, :1], torch.zeros(2, dtype=torch.long), 1.0, 8.0, 4.0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        kd_loss(s[:, :1], t[:, :1], 4.0, standardize=True)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        standardize_logits(s[:, :1])
+    with pytest.raises(TypeError, match="floating"):
+        standardize_logits(torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="2-D"):
+        standardize_logits(torch.ones(3))
+    # two classes: the non-target distribution is one point mass, NCKD = 0
+    _, nckd = dkd_terms(s[:, :2], t[:, :2], torch.tensor([0, 1]), 2.0)
+    assert nckd.item() == 0.0
