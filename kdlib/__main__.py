@@ -71,7 +71,10 @@ def _add_report_parser(sub) -> None:
         description=(
             "Execute notebooks (jupytext .py sources) with papermill in a fresh kernel of\n"
             "this interpreter, injecting SCALE and INTERACTIVE=False, and write\n"
-            "<out>/<stem>.ipynb, <out>/<stem>.html, <out>/index.html and <out>/summary.json.\n"
+            "<out>/<stem>.ipynb, <out>/<stem>.html, <out>/index.html and <out>/summary.json,\n"
+            "plus <out>/<stem>.key.png (key figure) and <out>/<stem>.results/ (CSV/JSONL)\n"
+            "when the notebook makes them. While a notebook runs, one line shows its cell\n"
+            "(i of n) and its progress bars (plain lines when stderr is not a terminal).\n"
             "Every notebook and -p is checked before any runs. A report is replaced only\n"
             "by a complete new one; a failed, timed-out or stopped run's partial report is\n"
             "<out>/<stem>.failed.html beside it. A failing notebook does not stop the\n"
@@ -87,13 +90,22 @@ def _add_report_parser(sub) -> None:
                         "default: every NN_*.py in --notebooks-dir")
     p.add_argument("--scale", choices=SCALES, default="default",
                    help="preset scale injected as SCALE (default: %(default)s)")
-    p.add_argument("--out", default="reports",
-                   help="output folder, created if missing (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="output folder, created if missing (default: reports, or "
+                        "reports/<scale>-dry-run with --dry-run)")
     p.add_argument("--notebooks-dir", default="notebooks",
                    help="where to find notebooks by stem or number (default: %(default)s)")
     p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter the notebook declares in its parameters cell; "
                         "VALUE is a Python literal, else a string (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="inject DRY_RUN=True: every table, pair and loss of the scale runs "
+                        "with each training cut to a few steps (the notebook must declare "
+                        "DRY_RUN)")
+    p.add_argument("--select", default=None, metavar="TEXT",
+                   help="inject SELECT=TEXT, e.g. 'table=6 pair=resnet56->resnet14 seed=0': "
+                        "run only that part (the notebook must declare SELECT; one that "
+                        "matches nothing fails naming what exists)")
     p.add_argument("--cell-timeout", type=_positive_int, default=None, metavar="SECONDS",
                    help="fail a notebook whose cell runs longer than this (default: no limit)")
     p.add_argument("--notebook-timeout", type=_notebook_timeout, default="scale",
@@ -110,13 +122,21 @@ def _cmd_report(args, parser) -> int:
         if clash:
             raise ValueError(f"-p {clash[0]}=... is not allowed: the runner sets "
                              f"{list(report.RUNNER_PARAMETERS)} (use --scale)")
+        flagged = [p for p in report.FLAG_PARAMETERS if p in parameters]
+        if flagged:
+            raise ValueError(f"-p {flagged[0]}=... is not allowed: use "
+                             f"{report.FLAG_PARAMETERS[flagged[0]]}")
+        if args.select is not None:
+            report.flag_parameters(select=args.select)
+        if args.out is None:
+            args.out = f"reports/{args.scale}-dry-run" if args.dry_run else "reports"
         try:
             report.check_out_dir(args.out)
         except ValueError as err:
             raise ValueError(f"--out: {err}") from None
         sources = report.find_notebooks(args.notebooks, args.notebooks_dir)
         report.check_run(sources, args.out, args.scale, parameters, args.cell_timeout,
-                         args.notebook_timeout)
+                         args.notebook_timeout, dry_run=args.dry_run, select=args.select)
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except ValueError as err:
         parser.error(str(err))
@@ -125,7 +145,8 @@ def _cmd_report(args, parser) -> int:
                      f"{err.strerror or err}")
     try:
         results = report.run_reports(sources, args.out, args.scale, parameters,
-                                     args.cell_timeout, notebook_timeout=args.notebook_timeout)
+                                     args.cell_timeout, notebook_timeout=args.notebook_timeout,
+                                     dry_run=args.dry_run, select=args.select)
     except report.StopRequested as stop:
         return 128 + stop.signum
     return 0 if all(r.status == "ok" for r in results) else 1

@@ -193,15 +193,18 @@ def spearman_claim(df: pd.DataFrame, x: str, y: str, claim_text: str, paper_evid
 
 
 def verdict_bundle(table: pd.DataFrame) -> dict:
-    """The bundle `show` publishes for the verdict line: {"line", "counts"} under
+    """The bundle `show` publishes for the verdict line: {"line", "counts", "claims":
+    [{"claim", "verdict", "text"}, ...]} under
     kdlib.headline.VERDICT_MIMETYPE, plus text/plain and text/markdown."""
     from kdlib.headline import VERDICT_MIMETYPE
 
     line = verdict_line(table)
     n = counts(table)
+    rows = [{"claim": str(r["claim"]), "verdict": str(r["verdict"]),
+             "text": verdict_line(table.iloc[[i]])} for i, (_, r) in enumerate(table.iterrows())]
     summary = ", ".join(f"{k} {v}" for k, v in n.items())
     text = f"Verdicts ({summary}): {line}" if line else "Verdicts: no claims"
-    return {VERDICT_MIMETYPE: {"line": line, "counts": n}, "text/plain": text,
+    return {VERDICT_MIMETYPE: {"line": line, "counts": n, "claims": rows}, "text/plain": text,
             "text/markdown": f"**Verdicts** ({summary}): {line}\n" if line
             else "**Verdicts:** no claims\n"}
 

@@ -29,6 +29,7 @@ from numbers import Integral, Real
 from typing import Any
 
 HEADLINE_MIMETYPE = "application/vnd.kdlib.headline+json"
+HEADLINE_ORDER_MIMETYPE = "application/vnd.kdlib.headline-order+json"  # names, in order
 KEY_FIGURE_MIMETYPE = "application/vnd.kdlib.key-figure+json"
 SKIPPED_MIMETYPE = "application/vnd.kdlib.skipped+json"
 DATASETS_MIMETYPE = "application/vnd.kdlib.datasets+json"
@@ -250,7 +251,8 @@ def headline_bundle(name=None, value=_MISSING, /, **figures) -> dict:
         for k, v in clean.items()
     )
     markdown = f"| headline figure | value |\n|---|---|\n{rows}\n"
-    return {HEADLINE_MIMETYPE: clean, "text/plain": plain, "text/markdown": markdown}
+    return {HEADLINE_MIMETYPE: clean, HEADLINE_ORDER_MIMETYPE: list(clean),
+            "text/plain": plain, "text/markdown": markdown}
 
 
 def _publish(bundle: dict) -> None:
@@ -406,8 +408,15 @@ def collect_headlines(nb) -> dict[str, Any]:
     Values are plain numbers/strings or Figure JSON dicts ({"value", "unit", "low",
     "high"}); `format_value` renders both."""
     figures: dict[str, Any] = {}
-    for value, _ in _marks(nb, HEADLINE_MIMETYPE):
-        figures.update(value)
+    for value, data in _marks(nb, HEADLINE_MIMETYPE):
+        order = data.get(HEADLINE_ORDER_MIMETYPE)  # the JSON dict may come back sorted
+        if isinstance(order, str):
+            order = json.loads(order)
+        if isinstance(order, list) and set(order) == set(value):
+            value = {k: value[k] for k in order}
+        for k, v in value.items():
+            figures.pop(k, None)  # a figure given again moves to its new place
+            figures[k] = v
     return figures
 
 
@@ -431,9 +440,16 @@ def collect_datasets(nb) -> list[str]:
     return out
 
 
-def collect_verdicts(nb) -> list[str]:
-    """The verdict lines of every `kdlib.claims.show`, in order."""
-    return [str(v.get("line", "")) for v, _ in _marks(nb, VERDICT_MIMETYPE)]
+def collect_verdicts(nb) -> list[dict]:
+    """Every `kdlib.claims.show` verdict, in order: {"line": the verdict line, "claims":
+    [{"claim", "verdict", "text"}, ...]} (one per claim of the table)."""
+    out = []
+    for v, _ in _marks(nb, VERDICT_MIMETYPE):
+        claims = [{"claim": str(c.get("claim", "")), "verdict": str(c.get("verdict", "")),
+                   "text": str(c.get("text", ""))} for c in v.get("claims", [])
+                  if isinstance(c, dict)]
+        out.append({"line": str(v.get("line", "")), "claims": claims})
+    return out
 
 
 def collect_key_figure(nb) -> dict | None:
@@ -450,7 +466,8 @@ def collect_key_figure(nb) -> dict | None:
 
 
 __all__ = [
-    "DATASETS_MIMETYPE", "DEFAULT_DIGITS", "Figure", "HEADLINE_MIMETYPE", "KEY_FIGURE_ANCHOR",
+    "DATASETS_MIMETYPE", "DEFAULT_DIGITS", "Figure", "HEADLINE_MIMETYPE",
+    "HEADLINE_ORDER_MIMETYPE", "KEY_FIGURE_ANCHOR",
     "KEY_FIGURE_MIMETYPE", "MAX_STRING_FIGURE", "SKIPPED_MIMETYPE", "UNITS", "VERDICT_MIMETYPE",
     "collect_datasets", "collect_headlines", "collect_key_figure", "collect_skipped",
     "collect_verdicts", "datasets", "datasets_bundle", "format_value", "headline",

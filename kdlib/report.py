@@ -26,6 +26,7 @@ Heavy imports (papermill, nbconvert, jupytext) happen inside the functions.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import sys
 import time
@@ -36,11 +37,16 @@ from typing import Any, TextIO
 from kdlib.headline import (
     HEADLINE_MIMETYPE,
     MAX_STRING_FIGURE,
+    collect_datasets,
     collect_headlines,
+    collect_key_figure,
+    collect_skipped,
+    collect_verdicts,
     format_value,
     headline,
     headline_bundle,
 )
+from kdlib.outputs import RESULTS_ENV, list_results
 from kdlib.presets import SCALES
 from kdlib.report_index import NotebookResult, now, render_index, write_file, write_index
 from kdlib.report_kernel import (
@@ -52,8 +58,12 @@ from kdlib.report_kernel import (
     kill_kernels,
     signal_name,
 )
+from kdlib.report_progress import KERNEL_INFO_ENV, PROGRESS_ENV, ProgressLine
 
 RUNNER_PARAMETERS = ("SCALE", "INTERACTIVE")
+# Parameters the runner injects only when asked, with the flag that asks: a notebook run
+# with the flag must declare the parameter (``DRY_RUN = False``, ``SELECT = ""``).
+FLAG_PARAMETERS = {"DRY_RUN": "--dry-run", "SELECT": "--select"}
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.py"
 # Default time limit of one notebook, in seconds, per scale. Smoke notebooks take seconds
 # and default ones minutes (the slowest about 3 min on 2 CPU cores), so 10 min and 1 h only
@@ -61,6 +71,10 @@ NOTEBOOK_PATTERN = "[0-9][0-9]_*.py"
 # one, and their sweeps resume from the stored cells when run again.
 NOTEBOOK_TIMEOUT_S = {"smoke": 600, "default": 3600, "paper": 7 * 24 * 3600}
 FAILED_SUFFIX = ".failed"
+RESULTS_SUFFIX = ".results"
+THUMBNAIL_SUFFIX = ".key.png"
+THUMBNAIL_WIDTH = 360
+PROGRESS_EXTENSION = "kdlib.report_progress"
 
 # --------------------------------------------------------------------------- selection
 
@@ -213,14 +227,30 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def flag_parameters(dry_run: bool = False, select: str | None = None) -> dict:
+    """The parameters ``--dry-run`` and ``--select`` inject: {"DRY_RUN": True} and
+    {"SELECT": text}; {} for neither. `select` is one line of text (the notebook parses it)."""
+    if not isinstance(dry_run, bool):
+        raise ValueError(f"dry_run must be True or False, got {dry_run!r}")
+    out: dict[str, Any] = {"DRY_RUN": True} if dry_run else {}
+    if select is not None:
+        if not isinstance(select, str) or "\n" in select or not select.strip():
+            raise ValueError("select must be a non-empty one-line string such as "
+                             f"'table=6 seed=0', got {select!r}")
+        out["SELECT"] = select.strip()
+    return out
+
+
 def check_run(sources, out_dir="reports", scale: str = "default", parameters=None,
-              cell_timeout=None, notebook_timeout="scale") -> list[Path]:
+              cell_timeout=None, notebook_timeout="scale", dry_run: bool = False,
+              select: str | None = None) -> list[Path]:
     """Check a whole run before anything executes; returns the sources as Paths.
 
     Checks the scale, the limits, the output folder, that `parameters` sets none of
-    RUNNER_PARAMETERS, and that every notebook reads, has one parameters cell declaring
-    every name in `parameters`, and has a stem no other selected notebook has. Raises one
-    ValueError naming every problem.
+    RUNNER_PARAMETERS or FLAG_PARAMETERS, and that every notebook reads, has one
+    parameters cell declaring every name in `parameters` (and DRY_RUN / SELECT when
+    `dry_run` / `select` ask for them), and has a stem no other selected notebook has.
+    Raises one ValueError naming every problem.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
@@ -234,6 +264,13 @@ def check_run(sources, out_dir="reports", scale: str = "default", parameters=Non
     clash = [p for p in RUNNER_PARAMETERS if p in parameters]
     if clash:
         raise ValueError(f"parameters {clash} are set by the runner; use scale= / --scale")
+    flagged = [p for p in FLAG_PARAMETERS if p in parameters]
+    if flagged:
+        raise ValueError(f"parameters {flagged} are set by the runner's flags: use "
+                         + " / ".join(FLAG_PARAMETERS[p] for p in flagged)
+                         + " (dry_run= / select=)")
+    flags = flag_parameters(dry_run, select)
+    progress_interval_s()
     if isinstance(sources, str | os.PathLike):
         sources = [sources]
     sources = [Path(s) for s in sources]
@@ -251,7 +288,14 @@ def check_run(sources, out_dir="reports", scale: str = "default", parameters=Non
             continue
         stems[src.stem] = src
         try:
-            check_parameters(declared_parameters(jupytext.read(src)), params)
+            declared = declared_parameters(jupytext.read(src))
+            missing = [p for p in flags if p not in declared]
+            if missing:
+                raise ValueError(
+                    " and ".join(f"{FLAG_PARAMETERS[p]} needs a parameter {p} in its "
+                                 "parameters cell" for p in missing)
+                    + f"; it declares {declared}")
+            check_parameters(declared, params)
         except Exception as err:  # unreadable file, bad parameters cell, undeclared -p
             problems.append(f"{src.stem}: {err}")
     if problems:
@@ -290,12 +334,43 @@ def _failed_cell(nb) -> dict | None:
     return started
 
 
+# nbconvert's lab template minus everything it fetches from a CDN (require.js, MathJax,
+# mermaid, widget manager): the report opens from the file system without a network.
+# The notebooks hold no LaTeX or widgets, so nothing is lost.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def _render_html(nb) -> str:
+    import jinja2
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    exporter = HTMLExporter(template_name="lab", embed_images=True,
+                            extra_loaders=[jinja2.DictLoader({"kdlib_offline.html.j2":
+                                                              OFFLINE_TEMPLATE})],
+                            template_file="kdlib_offline.html.j2")
     body, _ = exporter.from_notebook_node(nb)
     return body
+
+
+def write_thumbnail(png: bytes, path, width: int = THUMBNAIL_WIDTH) -> Path:
+    """Write `png` scaled down to `width` pixels wide (never up) as a PNG at `path`."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        img = img.convert("RGBA") if img.mode not in ("RGB", "RGBA") else img.copy()
+    if img.width > width:
+        img = img.resize((width, max(1, round(img.height * width / img.width))),
+                         Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return write_file(path, buf.getvalue())
 
 
 def _partial_banner(result: NotebookResult) -> str:
@@ -342,24 +417,95 @@ def _finish(result: NotebookResult, executed, out_dir: Path, stem: str, log: Tex
         result.html = target["html"].name
     else:  # never leave an HTML page of another run beside this notebook
         target["html"].unlink(missing_ok=True)
+    thumb = out_dir / f"{stem}{'' if ok else FAILED_SUFFIX}{THUMBNAIL_SUFFIX}"
+    key = collect_key_figure(executed)
+    thumb.unlink(missing_ok=True)
+    if key is not None:
+        try:
+            write_thumbnail(key["png"], thumb)
+            result.key_figure = {"thumbnail": thumb.name, "anchor": key["anchor"],
+                                 "title": key["title"]}
+        except Exception as err:  # a broken image must not lose the report
+            print(f"  could not write {thumb.name}: {type(err).__name__}: {err}", file=log)
     if ok:  # a superseded failure's files would only mislead
         for path in (*failed.values(), out_dir / f"{stem}{FAILED_SUFFIX}.kernel.log",
+                     out_dir / f"{stem}{FAILED_SUFFIX}{THUMBNAIL_SUFFIX}",
                      out_dir / f"{stem}.kernel.log"):
             path.unlink(missing_ok=True)
 
 
+def progress_interval_s() -> float:
+    """Seconds between progress lines in a log (not a terminal): KDLIB_PROGRESS_INTERVAL_S,
+    default 10; a cell change always prints a line."""
+    text = os.environ.get("KDLIB_PROGRESS_INTERVAL_S", "").strip()
+    try:
+        value = float(text) if text else 10.0
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"KDLIB_PROGRESS_INTERVAL_S must be a number of seconds > 0, "
+                         f"got {text!r}")
+    return value
+
+
+def _collect_marks(result: NotebookResult, executed) -> None:
+    """Headline figures, verdict lines, skipped tables and data sets of the notebook."""
+    result.headline = collect_headlines(executed)
+    result.verdicts = collect_verdicts(executed)
+    result.skipped = collect_skipped(executed)
+    result.datasets = collect_datasets(executed)
+
+
+def _move_results(staging: Path, out_dir: Path, stem: str, ok: bool) -> list[str]:
+    """Move the results the notebook saved into ``<stem>.results/`` (ok) or
+    ``<stem>.failed.results/``; returns their paths relative to `out_dir` (the folder
+    replaces the previous one whole; nothing saved: no folder)."""
+    import shutil
+
+    target = out_dir / f"{stem}{RESULTS_SUFFIX}" if ok else \
+        out_dir / f"{stem}{FAILED_SUFFIX}{RESULTS_SUFFIX}"
+    names = list_results(staging)
+    if ok:  # a superseded failure's results would only mislead
+        shutil.rmtree(out_dir / f"{stem}{FAILED_SUFFIX}{RESULTS_SUFFIX}", ignore_errors=True)
+    if not names:
+        shutil.rmtree(staging, ignore_errors=True)
+        if ok:
+            shutil.rmtree(target, ignore_errors=True)
+        return []
+    old = out_dir / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return [f"{target.name}/{n}" for n in names]
+
+
+def _kernel_info(path: Path) -> dict | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
              cell_timeout: int | None, notebook_timeout_s: float | None, log: TextIO,
-             stopper: Stopper) -> NotebookResult:
+             stopper: Stopper, tag: str | None = None, t0: float | None = None
+             ) -> NotebookResult:
+    import shutil
+
     import jupytext
     import nbformat
     import papermill
 
     stem = source.stem
+    tag = tag or stem
     params = {"SCALE": scale, "INTERACTIVE": False, **parameters}
     result = NotebookResult(name=stem, source=str(source), status="failed", duration_s=0.0,
                             parameters=params, notebook_timeout_s=notebook_timeout_s)
     start = time.perf_counter()
+    t0 = start if t0 is None else t0
     try:
         nb = jupytext.read(source)
         check_parameters(declared_parameters(nb), params)
@@ -367,6 +513,7 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
         result.error = {"cell": None, "source": None, "ename": type(err).__name__,
                         "evalue": str(err)}
         result.finished = now()
+        print(f"{tag}: failed ({type(err).__name__}: {err})", file=log, flush=True)
         return result
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -374,13 +521,25 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
                                  "language": "python"}
     running = out_dir / f".{stem}.running.ipynb"
     kernel_log = out_dir / f".{stem}.kernel.log"
-    running.unlink(missing_ok=True)  # left by a run that was killed outright
+    staging = out_dir / f".{stem}.running{RESULTS_SUFFIX}"
+    bars = out_dir / f".{stem}.progress"
+    info = out_dir / f".{stem}.kernel-info.json"
+    for path in (running, bars, info):  # left by a run that was killed outright
+        path.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    env = {RESULTS_ENV: str(staging), PROGRESS_ENV: str(bars), KERNEL_INFO_ENV: str(info)}
+    n_cells = sum(c.get("cell_type") == "code" and bool(c.get("source", "").strip())
+                  for c in nb.cells) + 1  # + papermill's injected parameters cell
+    progress = ProgressLine(log, f"{tag}: running (scale={scale})", n_cells, bars,
+                            interval_s=progress_interval_s())
     limits = Limits(cell_timeout, notebook_timeout_s)
     managers: list = []
     interrupt, entered = None, False
     try:
         with open(kernel_log, "w", encoding="utf-8") as klog, stopper.executing():
             entered = True
+            progress.start()
             papermill.execute_notebook(
                 nb,
                 str(running),
@@ -389,9 +548,11 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
                 language="python",
                 cwd=str(source.parent),
                 timeout_func=limits,
-                progress_bar=bool(getattr(log, "isatty", lambda: False)()),
+                progress_bar=False,
                 log_output=False,
-                kernel_manager_class=kernel_manager_class(klog, managers),
+                on_cell_start=progress.on_cell_start,
+                kernel_manager_class=kernel_manager_class(
+                    klog, managers, env=env, extensions=[PROGRESS_EXTENSION]),
             )
         result.status = "ok"
     except papermill.PapermillExecutionError as err:
@@ -416,7 +577,9 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
                             "evalue": first_line}
     finally:
         kill_kernels(managers)
-    result.duration_s = round(time.perf_counter() - start, 3)
+        result.duration_s = round(time.perf_counter() - start, 3)
+        elapsed = f" (elapsed {time.perf_counter() - t0:.1f} s)" if t0 != start else ""
+        progress.finish(f"{tag}: {result.status} in {result.duration_s:.1f} s{elapsed}")
 
     failed_log = out_dir / f"{stem}{FAILED_SUFFIX}.kernel.log"
     if result.status != "ok" and kernel_log.exists() and kernel_log.stat().st_size > 0:
@@ -424,6 +587,9 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
         result.kernel_log = failed_log.name
     else:
         kernel_log.unlink(missing_ok=True)
+    result.kernel = _kernel_info(info)
+    bars.unlink(missing_ok=True)
+    info.unlink(missing_ok=True)
     executed = None
     if running.exists():
         try:
@@ -439,8 +605,10 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
             if cell is not None:
                 result.error.update(cell=cell["cell"], source=cell["source"])
         executed.metadata.setdefault("papermill", {})["input_path"] = str(source)
-        result.headline = collect_headlines(executed)
+        _collect_marks(result, executed)
         _finish(result, executed, out_dir, stem, log)
+    if staging.exists():
+        result.results = _move_results(staging, out_dir, stem, result.status == "ok")
     running.unlink(missing_ok=True)
     result.finished = now()
     if isinstance(interrupt, KeyboardInterrupt):  # not under run_reports: pass Ctrl-C on
@@ -456,6 +624,8 @@ def run_notebook(
     cell_timeout: int | None = None,
     log: TextIO | None = None,
     notebook_timeout="scale",
+    dry_run: bool = False,
+    select: str | None = None,
 ) -> NotebookResult:
     """Execute one notebook source into `out_dir` and render its HTML; never raises for a
     failing notebook (the result says ``failed``/``timeout`` and carries the error).
@@ -464,7 +634,8 @@ def run_notebook(
     cell's start ("scale": NOTEBOOK_TIMEOUT_S of `scale`; None: no limit). The report
     ``<stem>.ipynb``/``.html`` is replaced only when the notebook succeeds; otherwise
     ``<stem>.failed.*`` is written beside it. A KeyboardInterrupt shuts the kernel down,
-    keeps the partial report and is re-raised.
+    keeps the partial report and is re-raised. `dry_run` / `select` inject DRY_RUN=True /
+    SELECT=select (the notebook must declare them).
     """
     timeout_s = resolve_notebook_timeout(notebook_timeout, scale)
     if cell_timeout is not None and (
@@ -474,11 +645,45 @@ def run_notebook(
         raise ValueError(f"cell_timeout must be None or an integer >= 1 (s), got {cell_timeout!r}")
     out = check_out_dir(out_dir)
     log = sys.stderr if log is None else log
-    return _execute(Path(source).resolve(), out, scale, dict(parameters or {}), cell_timeout,
+    parameters = dict(parameters or {})
+    flagged = [p for p in FLAG_PARAMETERS if p in parameters]
+    if flagged:
+        raise ValueError(f"parameters {flagged} are set by dry_run= / select=")
+    parameters.update(flag_parameters(dry_run, select))
+    return _execute(Path(source).resolve(), out, scale, parameters, cell_timeout,
                     timeout_s, log, Stopper())
 
 
 # --------------------------------------------------------------------------- many notebooks
+
+
+def git_commit(folder=None) -> str | None:
+    """The short commit of the git work tree holding `folder` (default: kdlib's source),
+    with " (modified)" when tracked files differ from it; None outside git."""
+    import subprocess
+
+    folder = Path(folder or Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
+
+
+def run_info(dry_run: bool = False, select: str | None = None) -> dict:
+    """What the index says about the run as a whole: kdlib version and git commit, the
+    dry-run flag and the selection."""
+    from kdlib import __version__
+
+    return {"dry_run": bool(dry_run), "select": select, "kdlib_version": __version__,
+            "git_commit": git_commit()}
+
 
 
 def _print_failure(result: NotebookResult, out_dir: Path, log: TextIO) -> None:
@@ -506,6 +711,8 @@ def run_reports(
     cell_timeout: int | None = None,
     log: TextIO | None = None,
     notebook_timeout="scale",
+    dry_run: bool = False,
+    select: str | None = None,
 ) -> list[NotebookResult]:
     """Run every notebook in `sources` in order; index.html and summary.json are written
     after each one. Returns this run's results.
@@ -518,9 +725,11 @@ def run_reports(
     go to `log` (default stderr). Entries of an earlier run at the same scale in
     `out_dir` for notebooks not run now are kept in the index.
     """
-    sources = check_run(sources, out_dir, scale, parameters, cell_timeout, notebook_timeout)
+    sources = check_run(sources, out_dir, scale, parameters, cell_timeout, notebook_timeout,
+                        dry_run=dry_run, select=select)
     timeout_s = resolve_notebook_timeout(notebook_timeout, scale)
-    parameters = dict(parameters or {})
+    parameters = {**dict(parameters or {}), **flag_parameters(dry_run, select)}
+    about = run_info(dry_run, select)
     log = sys.stderr if log is None else log
     out = check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -533,23 +742,23 @@ def run_reports(
             if stopper.signum is not None:
                 break
             tag = f"[{i}/{len(sources)}] {src.stem}"
-            print(f"{tag}: running (scale={scale}) ...", file=log, flush=True)
             res = _execute(src.resolve(), out, scale, parameters, cell_timeout, timeout_s,
-                           log, stopper)
-            print(f"{tag}: {res.status} in {res.duration_s:.1f} s "
-                  f"(elapsed {time.perf_counter() - t0:.1f} s)", file=log, flush=True)
+                           log, stopper, tag=tag, t0=t0)
             if res.status != "ok":
                 _print_failure(res, out, log)
             results.append(res)
             state = "running" if i < len(sources) else "finished"
             write_index(results, out, scale,
-                        {"state": state, "done": i, "selected": len(sources)})
+                        {"state": state, "done": i, "selected": len(sources), **about,
+                         "elapsed_s": round(time.perf_counter() - t0, 1)})
         if stopper.signum is not None:
             name = signal_name(stopper.signum)
             not_run = [s.stem for s in sources[len(results):]]
             write_index(results, out, scale, {"state": "stopped", "signal": name,
                                               "done": len(results),
-                                              "selected": len(sources), "not_run": not_run})
+                                              "selected": len(sources), "not_run": not_run,
+                                              **about,
+                                              "elapsed_s": round(time.perf_counter() - t0, 1)})
             print(f"stopped by {name} after {len(results)} of {len(sources)} notebook(s); "
                   f"index: {out / 'index.html'}", file=log, flush=True)
             raise StopRequested(stopper.signum, results)

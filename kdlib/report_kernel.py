@@ -138,12 +138,14 @@ class Limits:
         return seconds
 
 
-def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None = None):
+def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None = None,
+                         env: dict | None = None, extensions=()):
     """An AsyncKernelManager class that always launches ipykernel in *this* interpreter.
 
     Registered kernelspecs are not consulted: this works in a fresh venv without a
-    ``python3`` kernelspec and cannot pick up another environment's. MPLBACKEND is set
-    for the kernel (inline figures, no GUI), the kernel process's own stdout/stderr (its
+    ``python3`` kernelspec and cannot pick up another environment's. MPLBACKEND and `env`
+    (str -> str) are set for the kernel (inline figures, no GUI), the IPython
+    `extensions` (module names) are loaded at its start, the kernel process's own stdout/stderr (its
     log, not cell output) go to `kernel_log` when given, every manager that starts a
     kernel is appended to `started` (for `kill_kernels`), and CurveZMQ transport
     encryption is used when the installed jupyter_client and pyzmq support it.
@@ -154,6 +156,8 @@ def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None 
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
+    env = {str(k): str(v) for k, v in (env or {}).items()}
+    extensions = [str(e) for e in extensions]
     encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has(
         "curve"
     )
@@ -161,7 +165,8 @@ def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None 
     class ThisInterpreterKernelSpecs(KernelSpecManager):
         def get_kernel_spec(self, kernel_name):
             spec = get_kernel_dict()
-            spec["env"] = {"MPLBACKEND": KERNEL_MPLBACKEND}
+            spec["env"] = {"MPLBACKEND": KERNEL_MPLBACKEND, **env}
+            spec["argv"] = [*spec["argv"], *(f"--ext={e}" for e in extensions)]
             return KernelSpec(resource_dir=RESOURCES, **spec)
 
     class ThisInterpreterKernelManager(AsyncKernelManager):

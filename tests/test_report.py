@@ -52,6 +52,33 @@ NOTEBOOKS = {
         print(f"cwd={os.getcwd()}")
         headline(accuracy=0.97)
         headline("ECE (teacher)", 0.12)
+
+        # %% [markdown]
+        # ## The marks
+
+        # %%
+        import time
+
+        import matplotlib.pyplot as plt
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        from kdlib import claims as cl
+        from kdlib.headline import datasets, key_figure, percent, points, skipped
+        from kdlib.outputs import save_frame, save_records
+
+        for _ in tqdm(range(2), desc="epochs", disable=not INTERACTIVE):
+            time.sleep(1.2)
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([0, 1], [0, 1])
+        key_figure(fig, "a line")
+        headline(gain=points(0.0253, 0.011, 0.039), top1=percent(0.9712, 0.968, 0.974))
+        skipped(3, "Tiny-ImageNet missing: fetch tiny-imagenet-200.zip into data/")
+        datasets(["digits"])
+        save_frame("table_1", pd.DataFrame({"seed": [0, 1], "accuracy_pct": [90.5, 91.0]}))
+        save_records("runs", [{"seed": 0, "accuracy": 0.905}])
+        cl.show(cl.claims_table([cl.claim("KD falls with teacher ECE", "Fig. 2", -68, -85,
+                                          -28, 5, "less", unit="%")]))
     ''',
     "01_raises": '''
         # %% tags=["parameters"]
@@ -126,6 +153,7 @@ def env(tmp_path_factory):
     e = dict(os.environ)
     e["JUPYTER_PATH"] = str(root)
     e["MPLBACKEND"] = "TkAgg"  # a GUI backend in the user's shell must not reach kernels
+    e["KDLIB_PROGRESS_INTERVAL_S"] = "0.5"  # progress lines of short cells, in the log
     return e
 
 
@@ -172,7 +200,9 @@ def _umask() -> int:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every file under `folder` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
 
 
 HANGS_NOTEBOOK = '''
@@ -268,8 +298,51 @@ def test_each_notebook_writes_ipynb_and_html(run):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     assert not (out / "00_headline.failed.html").exists()
     assert not (out / "02_params.failed.html").exists()
-    for path in out.iterdir():  # readable by others, as files written with open() are
+    for path in out.rglob("*"):  # readable by others, as files written with open() are
+        if path.is_dir():
+            continue
         assert path.stat().st_mode & 0o777 == 0o666 & ~_umask(), path
+
+
+def test_marks_reach_summary_index_and_files(run):
+    _, out, proc = run
+    ok = _entry(out, "00_headline")
+    assert ok["verdicts"][0]["line"] == "KD falls with teacher ECE: holds, -68.00% [-85, -28]"
+    assert ok["skipped"] == [{"table": "Table 3", "reason": "Tiny-ImageNet missing: fetch "
+                                                             "tiny-imagenet-200.zip into data/"}]
+    assert ok["datasets"] == ["digits"]
+    assert ok["results"] == ["00_headline.results/runs.jsonl", "00_headline.results/table_1.csv"]
+    assert (out / "00_headline.results" / "table_1.csv").read_text() == (
+        "seed,accuracy_pct\n0,90.5\n1,91.0\n")
+    assert json.loads((out / "00_headline.results" / "runs.jsonl").read_text()) == {
+        "seed": 0, "accuracy": 0.905}
+    assert ok["kernel"]["torch_threads"] >= 1 and ok["kernel"]["device"]
+    key = ok["key_figure"]
+    assert key["thumbnail"] == "00_headline.key.png" and key["title"] == "a line"
+    from PIL import Image
+
+    with Image.open(out / key["thumbnail"]) as img:
+        assert img.format == "PNG" and img.width <= report.THUMBNAIL_WIDTH
+    html_page = (out / "00_headline.html").read_text()
+    assert f'id="{key["anchor"]}"' in html_page
+    assert "cdn" not in html_page.lower() and "require.min.js" not in html_page
+    index = (out / "index.html").read_text()
+    assert f'<a href="00_headline.html#{key["anchor"]}"' in index
+    assert '<img class="thumb" src="00_headline.key.png"' in index
+    assert '<span class="v-holds">holds</span>, -68.00% [-85, -28]' in index
+    assert "Table 3 skipped: Tiny-ImageNet missing" in index
+    assert '<a href="00_headline.results/table_1.csv">table_1.csv</a>' in index
+    assert "threads" in index and "digits" in index
+    summary = _summary(out)
+    assert summary["run"]["dry_run"] is False and summary["run"]["kdlib_version"]
+    # live progress (stderr is not a terminal: plain lines): the cell and the bar
+    assert "[1/3] 00_headline: running (scale=smoke)" in proc.stderr
+    assert "cell 4/4 (The marks) import time" in proc.stderr
+    assert "| epochs: " in proc.stderr
+    assert "\r" not in proc.stderr
+    # the bar never reaches the report (INTERACTIVE=False disables it there)
+    nb = nbformat.read(out / "00_headline.ipynb", as_version=4)
+    assert "epochs" not in _stream_text(nb)
 
 
 def test_exit_code_and_progress_on_stderr(run):
@@ -302,15 +375,20 @@ def test_headline_figures_in_summary_and_index(run):
     assert [e["status"] for e in summary["notebooks"]] == ["ok", "failed", "ok"]
     assert all(e["duration_s"] > 0 for e in summary["notebooks"])
     ok = _entry(out, "00_headline")
-    assert ok["headline"] == {"accuracy": 0.97, "ECE (teacher)": 0.12}
+    assert list(ok["headline"].items()) == [
+        ("accuracy", 0.97), ("ECE (teacher)", 0.12),
+        ("gain", {"value": 0.0253, "unit": "points", "low": 0.011, "high": 0.039}),
+        ("top1", {"value": 0.9712, "unit": "percent", "low": 0.968, "high": 0.974})]
     assert ok["parameters"] == {"SCALE": "smoke", "INTERACTIVE": False}
     assert ok["error"] is None
     index = (out / "index.html").read_text()
+    assert "gain: <b>+2.53 points [1.10, 3.90]</b>" in index
+    assert "top1: <b>97.12% [96.80, 97.40]</b>" in index
     for stem in NOTEBOOKS:
         page = f"{stem}.failed.html" if stem == "01_raises" else f"{stem}.html"
-        assert f'<a href="{page}">{stem}</a>' in index
+        assert f'<a href="{page}"><b>{stem}</b></a>' in index
     assert "accuracy: <b>0.970</b>" in index
-    assert "ECE (teacher): <b>0.12</b>" in index
+    assert "ECE (teacher): <b>0.120</b>" in index
     assert index.count('class="ok">ok<') == 2
     assert index.count('class="failed">failed<') == 1
     # the headline renders as a table in the notebook's own report

@@ -28,10 +28,10 @@ def test_write_index_merges_earlier_entries_and_records_the_run(tmp_path):
     assert summary["run"] == run and summary["notebooks"] == rows
     page = (tmp_path / "index.html").read_text()
     assert "Run stopped by SIGTERM; not run (earlier entries, if any, kept): 02_c." in page
-    assert '<a href="01_b.failed.html">01_b</a>' in page
+    assert '<a href="01_b.failed.html"><b>01_b</b></a>' in page
     assert 'last ok report: <a href="01_b.html">01_b.html</a>' in page
     assert 'class="stopped">stopped<' in page and "In [3]: Stopped: stopped by SIGTERM" in page
-    assert "1 of 2 notebooks ok" in page
+    assert "<dt>notebooks</dt><dd>1 of 2 ok</dd>" in page
     # another scale starts afresh
     assert [r["name"] for r in write_index([_result("09_z")], tmp_path, "paper")] == ["09_z"]
 
@@ -52,3 +52,62 @@ def test_write_index_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="out_dir must be a folder"):
         write_index([], a_file, "smoke")
     assert a_file.read_text() == "x"
+
+
+def test_index_row_shows_verdicts_thumbnail_figures_results_and_skipped(tmp_path):
+    line = ("KD falls: holds, -68.00% [-85, -28]; "
+            "DIST insensitive: does not hold, -77.00% [-89, -57]")
+    a = _result(
+        "02_sweep", headline={"top1": {"value": 0.9712, "unit": "percent", "low": 0.968,
+                                       "high": 0.974}, "rho": 0.123456},
+        verdicts=[{"line": line, "claims": [
+            {"claim": "KD falls", "verdict": "holds",
+             "text": "KD falls: holds, -68.00% [-85, -28]"},
+            {"claim": "DIST insensitive", "verdict": "does not hold",
+             "text": "DIST insensitive: does not hold, -77.00% [-89, -57]"}]}],
+        skipped=[{"table": "Table 3", "reason": "fetch tiny-imagenet-200.zip"}],
+        datasets=["CIFAR-10"], results=["02_sweep.results/sweep.csv"],
+        key_figure={"thumbnail": "02_sweep.key.png", "anchor": "kdlib-key-figure-1",
+                    "title": "acc vs ECE"},
+        kernel={"device": "CPU (2 cores)", "torch_threads": 1})
+    a.duration_s = 354.2
+    b = _result("03_ta", verdicts=["old-style line"], kernel={"device": "CPU (2 cores)",
+                                                              "torch_threads": 2},
+                datasets=["CIFAR-10", "CIFAR-100"])
+    run = {"state": "finished", "dry_run": True, "select": "table=6 seed=0",
+           "kdlib_version": "0.1.0", "git_commit": "abc123", "elapsed_s": 400.0}
+    write_index([a, b], tmp_path, "paper", run)
+    page = (tmp_path / "index.html").read_text()
+    assert "<h1>kdlib report: scale paper (dry run)</h1>" in page
+    assert '<a href="02_sweep.html#kdlib-key-figure-1" title="open the figure in the report">' \
+           '<img class="thumb" src="02_sweep.key.png"' in page
+    assert '<li>KD falls: <span class="v-holds">holds</span>, -68.00% [-85, -28]</li>' in page
+    assert ('<li>DIST insensitive: <span class="v-does-not-hold">does not hold</span>, '
+            '-77.00% [-89, -57]</li>') in page
+    assert "<li>old-style line</li>" in page
+    assert "top1: <b>97.12% [96.80, 97.40]</b>" in page and "rho: <b>0.123</b>" in page
+    assert '<a href="02_sweep.results/sweep.csv">sweep.csv</a>' in page
+    assert '<div class="skipped">Table 3 skipped: fetch tiny-imagenet-200.zip</div>' in page
+    assert "<dt>total time</dt><dd>5 min 56 s (the notebooks' durations added up; " \
+           "this run 6 min 40 s)</dd>" in page
+    assert "<dt>device</dt><dd>CPU (2 cores)</dd>" in page
+    assert "<dt>torch threads</dt><dd>1, 2</dd>" in page
+    assert "<dt>kdlib</dt><dd>0.1.0, commit abc123</dd>" in page
+    assert "<dt>data sets</dt><dd>CIFAR-10, CIFAR-100</dd>" in page
+    assert "<code>table=6 seed=0</code>" in page
+    assert "<script" not in page and "http" not in page.replace('http-equiv', '')
+    assert '<span class="muted">no key figure</span>' in page  # 03_ta has none
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["run"]["dry_run"] is True
+    (entry,) = [e for e in summary["notebooks"] if e["name"] == "02_sweep"]
+    assert entry["results"] == ["02_sweep.results/sweep.csv"]
+    assert entry["skipped"] == [{"table": "Table 3", "reason": "fetch tiny-imagenet-200.zip"}]
+    # a dry run and a real run of one scale do not merge their entries
+    assert [r["name"] for r in write_index([_result("09_z")], tmp_path, "paper")] == ["09_z"]
+
+
+def test_clock():
+    from kdlib.report_index import clock
+
+    assert [clock(s) for s in (0, 44.6, 60, 354.2, 3725)] == [
+        "0 s", "45 s", "1 min 00 s", "5 min 54 s", "1 h 02 min"]
