@@ -56,7 +56,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 __all__ = [
+    "EXECUTOR_ENV",
+    "RESOURCES_ENV",
     "SweepError",
+    "executor_from_env",
+    "parse_resources",
     "SweepResults",
     "cell_key",
     "load",
@@ -129,6 +133,73 @@ _TABLES = ("sweep_meta", "sweep_results", "sweep_errors", "sweep_claims")
 """Tables every store has; ``sweep_deaths`` (added later, created by run) is optional."""
 
 _ALL = object()  # status(): every namespace
+
+
+# --------------------------------------------------------------------------- executors
+
+EXECUTOR_ENV = "KDLIB_EXECUTOR"
+"""When set, `run` calls without an executor use this one: ``dask://HOST:PORT`` (a Dask
+scheduler; its workers compute the cells). Set by ``kdlib run --executor``."""
+RESOURCES_ENV = "KDLIB_EXECUTOR_RESOURCES"
+"""Dask worker resources every cell asks for, e.g. ``GPU=1`` (workers started with
+``--resources GPU=1`` then run one cell per GPU). Unset: no resources asked."""
+
+_CLIENTS: dict[str, object] = {}
+
+
+def parse_resources(text: str | None) -> dict[str, float]:
+    """``"GPU=1,MEM=2"`` -> ``{"GPU": 1.0, "MEM": 2.0}``; "" or None -> {}."""
+    if not text:
+        return {}
+    if not isinstance(text, str):
+        raise TypeError(f"resources must be a string such as 'GPU=1', got {text!r}")
+    out = {}
+    for part in text.split(","):
+        name, sep, amount = part.strip().partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = float("nan")
+        if not sep or not name or not value > 0:
+            raise ValueError(f"resource {part!r} must read NAME=AMOUNT with AMOUNT > 0, "
+                             f"e.g. GPU=1")
+        out[name] = value
+    return out
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def executor_from_env() -> cf.Executor | None:
+    """The executor named by KDLIB_EXECUTOR (None when unset, or inside a Dask worker).
+
+    ``dask://HOST:PORT`` connects one `distributed.Client` per process and address and
+    returns ``client.get_executor(resources=...)`` (KDLIB_EXECUTOR_RESOURCES). Anything
+    else is a ValueError naming the forms allowed.
+    """
+    url = os.environ.get(EXECUTOR_ENV, "").strip()
+    if not url or _in_dask_worker():
+        return None
+    if not url.startswith("dask://") or not url[len("dask://"):]:
+        raise ValueError(f"{EXECUTOR_ENV}={url!r}: expected dask://HOST:PORT (a Dask "
+                         f"scheduler address)")
+    resources = parse_resources(os.environ.get(RESOURCES_ENV))
+    try:
+        import distributed
+    except ImportError as err:
+        raise ImportError(f"{EXECUTOR_ENV}={url!r} needs dask.distributed: pip install "
+                          f"'kdlib[dask]'") from err
+    address = "tcp://" + url[len("dask://"):]
+    client = _CLIENTS.get(address)
+    if client is None or client.status not in ("running", "connecting"):
+        client = _CLIENTS[address] = distributed.Client(address, set_as_default=False)
+    return client.get_executor(resources=resources) if resources else client.get_executor()
 
 
 # --------------------------------------------------------------------------- errors, results
@@ -922,7 +993,9 @@ def run(
         (duplicates raise ValueError; they would share one stored row).
     store: path of the SQLite file (created with its parent folders if missing). Only this
         process writes it.
-    executor: None runs cells here, one after the other; any concurrent.futures.Executor
+    executor: None runs cells here, one after the other (or on the executor named by the
+        KDLIB_EXECUTOR environment variable, see `executor_from_env`); any
+        concurrent.futures.Executor
         (ThreadPoolExecutor, ProcessPoolExecutor, dask ``client.get_executor()``) runs them
         there while results are committed here as they complete. A ProcessPoolExecutor that
         breaks (a worker died) is shut down and replaced by a new one with the same
@@ -967,6 +1040,8 @@ def run(
     ns = _check_namespace(namespace)
     path = _check_store_path(store)
     cells, keys = _check_grid(fn, grid, ns)
+    if executor is None:
+        executor = executor_from_env()
     if executor is not None:
         _check_picklable(fn, executor)
 

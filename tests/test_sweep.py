@@ -598,3 +598,32 @@ def test_watchdog_alone_ends_a_worker_whose_parent_died(tmp_path):
         assert kill_and_wait_gone(proc, pids, limit=3.0) == []
     finally:
         kill_leftovers(proc, pids)
+
+
+def test_executor_from_env_sends_cells_to_a_dask_scheduler(tmp_path, monkeypatch):
+    """KDLIB_EXECUTOR=dask://HOST:PORT makes run() without an executor compute on the
+    scheduler's workers (other pids), with the same records as in-process; resources are
+    parsed and bad values named."""
+    distributed = pytest.importorskip("distributed")
+    grid = helpers.grid(4)
+    reference = comparable(sweep.run(helpers.record_cell, grid, tmp_path / "a.sqlite",
+                                     progress=False))
+    fn, log = logged(tmp_path)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None,
+                                  resources={"GPU": 1}) as cluster:
+        monkeypatch.setenv(sweep.EXECUTOR_ENV, cluster.scheduler_address.replace("tcp://",
+                                                                                "dask://"))
+        monkeypatch.setenv(sweep.RESOURCES_ENV, "GPU=1")
+        on_dask = sweep.run(fn, grid, tmp_path / "b.sqlite", progress=False)
+        for client in sweep._CLIENTS.values():
+            client.close()
+        sweep._CLIENTS.clear()
+    assert comparable(on_dask).equals(reference)
+    assert os.getpid() not in {c["pid"] for c in helpers.read_log(log)}
+    assert sweep.parse_resources("GPU=1,MEM=2.5") == {"GPU": 1.0, "MEM": 2.5}
+    with pytest.raises(ValueError, match="NAME=AMOUNT"):
+        sweep.parse_resources("GPU")
+    monkeypatch.setenv(sweep.EXECUTOR_ENV, "spark://x")
+    with pytest.raises(ValueError, match="expected dask://HOST:PORT"):
+        sweep.executor_from_env()
