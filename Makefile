@@ -8,8 +8,11 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.kdlib-installed
 SCALE  ?= default
 OUT    ?= reports
+NB     ?=
+SELECT ?=
+DRY_RUN ?=
 
-.PHONY: test report lab lint bench install clean chromium
+.PHONY: test report plan lab lint bench install clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +41,14 @@ test: $(STAMP)
 	rm -rf runs/smoke
 	$(PY) -m kdlib report --scale smoke --out $(OUT)/smoke
 
+# make report [SCALE=paper] [NB="02 03"] [SELECT="table=6 seed=0"] [DRY_RUN=1]
 report: $(STAMP)
-	$(PY) -m kdlib report --scale $(SCALE) --out $(OUT)/$(SCALE)
+	$(PY) -m kdlib report --scale $(SCALE) $(if $(DRY_RUN),--dry-run) \
+	  $(if $(SELECT),--select "$(SELECT)") --out $(OUT)/$(SCALE)$(if $(DRY_RUN),-dry-run) $(NB)
+
+# make plan [SCALE=paper] [NB=02] [SELECT=...]: the runs a report would train, in GPU-hours
+plan: $(STAMP)
+	$(PY) -m kdlib plan --scale $(SCALE) $(if $(SELECT),--select "$(SELECT)") $(NB)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
