@@ -113,6 +113,11 @@ def _add_report_parser(sub) -> None:
     p.set_defaults(func=_cmd_report, subparser=p)
 
 
+def default_out(scale: str, dry_run: bool) -> str:
+    """The output folder when --out is not given: reports, or reports/<scale>-dry-run."""
+    return f"reports/{scale}-dry-run" if dry_run else "reports"
+
+
 def _cmd_report(args, parser) -> int:
     from kdlib import report
 
@@ -127,9 +132,12 @@ def _cmd_report(args, parser) -> int:
             raise ValueError(f"-p {flagged[0]}=... is not allowed: use "
                              f"{report.FLAG_PARAMETERS[flagged[0]]}")
         if args.select is not None:
-            report.flag_parameters(select=args.select)
+            try:
+                report.flag_parameters(select=args.select)
+            except ValueError as err:
+                raise ValueError(f"--select: {err}") from None
         if args.out is None:
-            args.out = f"reports/{args.scale}-dry-run" if args.dry_run else "reports"
+            args.out = default_out(args.scale, args.dry_run)
         try:
             report.check_out_dir(args.out)
         except ValueError as err:

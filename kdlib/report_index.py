@@ -122,7 +122,7 @@ table { border-collapse: collapse; width: 100%; table-layout: fixed; }
 th, td { border-top: 1px solid #ddd; padding: 0.5em 0.6em; text-align: left;
          vertical-align: top; overflow-wrap: anywhere; }
 th { background: #f3f3f3; font-weight: 600; }
-col.nb { width: 15%; } col.fig { width: 250px; } col.verdict { width: 33%; }
+col.nb { width: 12%; } col.fig { width: 250px; } col.verdict { width: 30%; }
 col.head { width: 22%; }
 img.thumb { width: 236px; max-width: 100%; border: 1px solid #ddd; display: block; }
 .ok { color: #176317; font-weight: bold; }

@@ -61,14 +61,15 @@ NOTEBOOKS = {
 
         import matplotlib.pyplot as plt
         import pandas as pd
+        import torch  # noqa: F401 (the kernel reports torch's device and threads)
         from tqdm.auto import tqdm
 
         from kdlib import claims as cl
         from kdlib.headline import datasets, key_figure, percent, points, skipped
         from kdlib.outputs import save_frame, save_records
 
-        for _ in tqdm(range(2), desc="epochs", disable=not INTERACTIVE):
-            time.sleep(1.2)
+        for _ in tqdm(range(1), desc="epochs", disable=not INTERACTIVE):
+            time.sleep(1.1)  # the runner polls the bars every second
         fig, ax = plt.subplots(figsize=(4, 3))
         ax.plot([0, 1], [0, 1])
         key_figure(fig, "a line")
@@ -615,6 +616,12 @@ def test_cli_usage_errors_exit_2(notebooks_dir, tmp_path, capsys):
         (["--notebook-timeout", "soon"], "number of seconds, 'none' or 'scale'"),
         (["--out", str(a_file)], f"--out: output folder {str(a_file)!r} is not a folder"),
         (["--out", str(a_file / "sub")], "above it is a file"),
+        (["--dry-run", "00"], "--dry-run needs a parameter DRY_RUN in its parameters cell; "
+                              "it declares ['SCALE', 'INTERACTIVE']"),
+        (["--select", "table=6", "00", "2"], "--select needs a parameter SELECT"),
+        (["--select", " "], "--select: select must be a non-empty one-line string"),
+        (["-p", "DRY_RUN=True"], "-p DRY_RUN=... is not allowed: use --dry-run"),
+        (["-p", "SELECT=x"], "-p SELECT=... is not allowed: use --select"),
     ]:
         with pytest.raises(SystemExit) as exc:
             main(["report", "--notebooks-dir", str(notebooks_dir), *argv])
@@ -623,6 +630,39 @@ def test_cli_usage_errors_exit_2(notebooks_dir, tmp_path, capsys):
         assert message in err, (argv, err)
         assert err.count("\n") == 1 and err.startswith("kdlib report: error: "), err
     assert a_file.read_text() == "not a folder\n"
+
+
+FLAGGED_NOTEBOOK = '''
+    # %% tags=["parameters"]
+    SCALE = "default"
+    INTERACTIVE = True
+    DRY_RUN = False
+    SELECT = ""
+'''
+
+
+def test_dry_run_and_select_flags(notebooks_dir, tmp_path):
+    flagged = _write(notebooks_dir / "05_flagged.py", FLAGGED_NOTEBOOK)
+    assert report.flag_parameters() == {}
+    assert report.flag_parameters(True, " table=6 seed=0 ") == {"DRY_RUN": True,
+                                                               "SELECT": "table=6 seed=0"}
+    assert report.check_run([flagged], tmp_path, "paper", dry_run=True,
+                            select="pair=resnet56->resnet14") == [flagged]
+    with pytest.raises(ValueError, match=r"00_headline: --dry-run needs a parameter DRY_RUN"):
+        report.check_run([notebooks_dir / "00_headline.py", flagged], tmp_path, dry_run=True)
+    with pytest.raises(ValueError, match="set by the runner's flags: use --select"):
+        report.check_run([flagged], tmp_path, parameters={"SELECT": "x"})
+    with pytest.raises(ValueError, match="dry_run must be True or False"):
+        report.flag_parameters("yes")
+    with pytest.raises(ValueError, match="one-line string"):
+        report.flag_parameters(select="a\nb")
+    from kdlib.__main__ import default_out
+
+    assert default_out("paper", True) == "reports/paper-dry-run"
+    assert default_out("paper", False) == "reports"
+    args = build_parser().parse_args(["report", "--scale", "paper", "--dry-run", "--select",
+                                      "table=6"])
+    assert (args.dry_run, args.select, args.out) == (True, "table=6", None)
 
 
 def test_notebook_timeout_defaults_per_scale():
@@ -758,7 +798,7 @@ def test_render_index_escapes_html():
     page = report.render_index([entry], "smoke")
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "a&lt;: <b>&lt;i&gt;</b>" in page
-    assert '<td class="num">1.2</td>' in page or '<td class="num">1.3</td>' in page
+    assert '<small>in 1 s</small>' in page
 
 
 # --------------------------------------------------------------------------- presets
