@@ -111,8 +111,8 @@ def test_dask_cluster_fills_the_store_like_an_in_process_run(project, full_dry_r
         store = root / "runs" / "paper-dry-run" / "temperature_sweep.sqlite"
         rows = [{k: v for k, v in r.items() if not k.startswith("_")}
                 for r in sweep.load(store)]
-        return sorted((json.dumps(r, sort_keys=True) for r in rows
-                       if "resnet56->resnet14" in json.dumps(r)))
+        return sorted(json.dumps(r, sort_keys=True) for r in rows
+                       if "resnet56->resnet14" in json.dumps(r))
 
     ours = records(other)
     assert ours and ours == records(project)
