@@ -145,3 +145,37 @@ def paper_spearman(table6: pd.DataFrame) -> pd.DataFrame:
                      "spearman_kd_ece": 100 * spearman(g["teacher_ece"], g["kd_accuracy"]),
                      "spearman_dist_ece": 100 * spearman(g["teacher_ece"], g["dist_accuracy"])})
     return pd.DataFrame(rows)
+
+
+def paired_difference(df: pd.DataFrame, value: str, by: str, a, b, groups=(),
+                      pair_on: str = "seed", level: float = 0.95) -> pd.DataFrame:
+    """Mean over `pair_on` of df[value] at by == a minus at by == b, per group of `groups`.
+
+    Rows are matched on the groups and `pair_on` (e.g. the same student seed); unmatched rows
+    are dropped. Returns columns *groups, diff, std, lo, hi, n: the mean difference, sample
+    std of the differences (ddof 1), a Student-t interval at `level` (mean_t_interval; NaN
+    with one pair), and the number of pairs. Units as in df (multiply fractions by 100 for
+    points). Several rows per (groups, pair_on) at one side are an error.
+    """
+    groups = list(groups)
+    _check_columns(df, [value, by, pair_on, *groups])
+    level = check_real(level, "level")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    key = groups + [pair_on]
+    left = df[df[by] == a].set_index(key)[value]
+    right = df[df[by] == b].set_index(key)[value]
+    if left.index.has_duplicates or right.index.has_duplicates:
+        raise ValueError(f"several rows per {key} at {by} == {a!r} or {b!r}; "
+                         "add the distinguishing columns to groups")
+    diff = (left - right).dropna().rename("d").reset_index()
+    rows = []
+    parts = diff.groupby(groups, sort=True) if groups else [((), diff)]
+    for name, g in parts:
+        d = g["d"].to_numpy(float)
+        sd = float(d.std(ddof=1)) if d.size > 1 else float("nan")
+        mean, lo, hi = mean_t_interval(d, level)
+        name = name if isinstance(name, tuple) else (name,)
+        rows.append({**dict(zip(groups, name)), "diff": mean, "std": sd,
+                     "lo": lo, "hi": hi, "n": int(d.size)})
+    return pd.DataFrame(rows, columns=[*groups, "diff", "std", "lo", "hi", "n"])

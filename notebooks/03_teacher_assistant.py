@@ -15,89 +15,158 @@
 # *assistant* and the assistant into the student. Does the student gain because the assistant
 # is smaller, or because it is better calibrated?
 #
-# **The paper's claim (Fan et al., ICML 2024).** At a fixed temperature tau = 1.8 on CIFAR-100,
-# the student's accuracy follows the assistant's test ECE (lower ECE, better student) rather
-# than its size: e.g. WRN-28-2 (1.5M) and WRN-28-1 (0.38M) assistants have the same ECE
-# (9.94% vs 9.92%) and give the same ResNet-14 (67.96% vs 67.97%), while ResNet-110
-# (ECE 9.57%) gives 68.44% (Table 2). Raising tau from 1.8 to 4.0 for a fixed chain raises the
-# assistant's ECE (23.5% -> 48.0%) and costs the student 3.6 points on Tiny-ImageNet (Table 3);
-# repeated seeds agree (Table 7).
+# **The paper's claims (Fan et al., ICML 2024).** At a fixed temperature tau = 1.8 on
+# CIFAR-100, (1) the student's accuracy follows the assistant's test ECE (lower ECE, better
+# student) rather than its size, and (2) a larger assistant is better calibrated (Table 2;
+# repeated with several seeds in Table 7). (3) Raising tau from 1.8 to 4.0 for a fixed chain
+# raises the assistant's ECE and costs the student accuracy on Tiny-ImageNet (Table 3).
 #
 # **Here.** Chains teacher -> assistant -> student with vanilla KD (alpha = 1, no CE) at tau
 # in both stages, for assistants of several sizes, over seeds (a seed sets the assistant's and
 # the student's initialization and batch order; the teacher is trained once). A chain without
-# assistant (plain KD from the teacher) is the baseline. We record the assistant's test ECE at
-# tau (ECE of softmax(logits / tau), 15 bins) and the student's test accuracy (last epoch),
-# and rank-correlate them. Every chain is one cell of a sweep store: a re-run retrains nothing.
+# assistant (plain KD from the teacher) is the baseline where the preset has one (the paper
+# preset has none: the paper reports no plain-KD row). We record the assistant's test ECE at
+# tau (ECE of softmax(logits / tau), 15 bins) and the student's test accuracy (last epoch).
+# Every chain is one cell of a sweep store, and every assistant is trained once per
+# (teacher, assistant, tau, seed) and reused by every chain that needs it: a re-run retrains
+# nothing.
+#
+# **Recipe.** The paper states no training recipe for these tables and none of their numbers
+# is tied to an epoch. The paper preset trains teachers, assistants and students with the
+# CRD/RepDistiller recipe (240 epochs, lr 0.05 divided by 10 at epochs 150, 180 and 210,
+# batch 64): its teachers are then the same cached networks as the other notebooks' paper
+# teachers, trained once. The default preset uses the digits teacher of notebook 04 (the
+# paper's 200-epoch schedule at 1/10 of the epochs), so both notebooks share it.
+#
+# **Table 3's blank assistant.** The paper leaves the assistant of its WRN-28-3 -> WRN-28-1
+# rows blank. Its caption ("fixed assistant models") and text ("we keep the
+# teacher-assistant-student pair fixed", changing only tau) say these are TAKD chains, not
+# plain KD; we read the blank as WRN-28-2, the assistant the paper pairs with WRN-28-3 in
+# Table 2 and the only WRN-28 network between WRN-28-3 and WRN-28-1. The Table 3 claim
+# compares a chain with itself at two temperatures, so it does not hinge on that reading.
+#
+# **Data sets.** Tables 2 and 7 run on `data` (CIFAR-100 at paper scale), Table 3 on
+# `tau_data` (Tiny-ImageNet). Their rows never share a table or a plot; a missing data set
+# skips its tables only.
 
 # %% tags=["parameters"]
 SCALE = "default"
 INTERACTIVE = True
+SELECT = ""        # e.g. "table=2 chain=wrn_28_3->* seed=0" (kdlib.selection)
+DRY_RUN = False    # paper presets with every training cut to a few steps
 
 # %%
 import pandas as pd
 from IPython.display import display
 
+from kdlib import claims as cl
 from kdlib import presets
 from kdlib.experiments import teacher_assistant as ta
-from kdlib.headline import headline
-from kdlib.paper import paper_table
+from kdlib.headline import datasets, headline, key_figure, skipped
+from kdlib.outputs import save_frame, save_records
 from kdlib.plots import takd_eskd as plots
+from kdlib.recipe import recipe_from_spec
 
 pd.set_option("display.precision", 2)
 pd.set_option("display.width", 160)
-cfg = presets.get(ta.NAME, SCALE)
-print(f"scale={SCALE}: data {cfg['data']['name']}, seeds {cfg['seeds']}, "
-      f"size study at tau {cfg['size_tau']}, tau study at {cfg['tau_values']}")
-print("teacher recipe:", ta.recipe_from_spec(cfg["teacher_recipe"]))
-print("distillation recipe:", ta.recipe_from_spec(cfg["distill_recipe"]))
-pd.DataFrame(cfg["size_chains"]).fillna("(plain KD)")
+cfg = presets.get(ta.NAME, SCALE, select=SELECT, dry_run=DRY_RUN)
+skips = ta.skipped_tables(cfg)
+for table, reason in skips:
+    skipped(table, reason)
+not_run = {t for t, _ in skips}
+MAIN, TAU_DATA = cfg["data"]["name"], cfg["tau_data"]["name"]
+RUN_2, RUN_7, RUN_3 = ("2" not in not_run, "7" not in not_run, "3" not in not_run)
+used = ([MAIN] if RUN_2 or RUN_7 else []) + ([TAU_DATA] if RUN_3 else [])
+if used:
+    datasets(used)
+print(f"scale={SCALE}{' (dry run)' if DRY_RUN else ''}: Tables 2/7 on {MAIN}, Table 3 on "
+      f"{TAU_DATA}; seeds {cfg['seeds']}; size study at tau {cfg['size_tau']}, tau study at "
+      f"{cfg['tau_values']}; tables run: {[t for t in ('2', '7', '3') if t not in not_run]}")
+print("teacher recipe:", recipe_from_spec(cfg["teacher_recipe"]))
+print("distillation recipe (assistants and students):", recipe_from_spec(cfg["distill_recipe"]))
+pd.DataFrame((cfg["size_chains"] or []) + (cfg["seed_chains"] or [])
+             + (cfg["tau_chains"] or [])).fillna("(plain KD)")
 
 # %% [markdown]
 # ## Run (or load) the chains
+# `assistants trained` counts distinct (teacher, assistant, tau, seed) assistants: each is
+# trained once and shared by every chain that uses it.
 
 # %%
+grid = ta.build_grid(cfg)
+print(f"{len(grid)} chains, {len(ta.assistant_keys(grid))} assistants trained")
 df = ta.run(cfg, SCALE, progress=INTERACTIVE)  # no progress widgets in reports
-teacher_acc = df.groupby("teacher")["teacher_accuracy"].first().mul(100).round(2).to_dict()
-print(f"{len(df)} chains; teacher test accuracy (%): {teacher_acc}")
+save_records("chains", df.to_dict("records"))
+size_df, tau_df = ta.split_tables(df, cfg)  # Tables 2 and 7 / Table 3: one data set each
+if len(df):
+    teacher_acc = df.groupby(["dataset", "teacher"])["teacher_accuracy"].first().mul(100)
+    display(teacher_acc.round(2).rename("teacher test accuracy (%)").to_frame())
 
 # %% [markdown]
 # ## Table 2 (ours): assistants of different sizes at tau = 1.8
 # Mean and std over seeds, percent; `assistant_params_m` in millions. The last row of a group
 # (`none`) is plain KD from the teacher, whose "assistant" columns describe the teacher.
+# Table 7's chains are listed with them (same data set and tau).
 
 # %%
-size = ta.size_table(df, cfg["size_tau"])
-display(size)
+if RUN_2 or RUN_7:
+    size = ta.size_table(size_df, cfg["size_tau"])
+    save_frame("table2_ours", size)
+    display(size)
 
 # %% [markdown]
-# Our rows above the paper's (CIFAR-100, one run per row):
+# Ours beside the paper's Table 2 (`kdlib.paper.aligned_table`: the paper's value, our mean
+# and sd over seeds, n seeds, the difference in points; names in the paper's spelling; our
+# last epoch). Rows the paper has no value for keep NaN there.
 
 # %%
-display(ta.beside_paper(size[size.assistant_name != "none"]))
+if RUN_2:
+    aligned2 = ta.aligned_table2(ta.chain_rows(size_df, cfg["size_chains"]), cfg["size_tau"],
+                                 MAIN)
+    save_frame("table2_aligned", aligned2)
+    display(aligned2)
 
 # %% [markdown]
 # ## Does an assistant help at all?
 # Student accuracy of each TAKD chain minus plain KD from the teacher, paired by seed
-# (percentage points; positive = the assistant helps).
+# (percentage points; positive = the assistant helps). Empty when the preset has no plain-KD
+# chain (the paper preset).
 
 # %%
-display(ta.takd_gain(df, cfg["size_tau"]))
+if RUN_2 or RUN_7:
+    gain = ta.takd_gain(size_df, cfg["size_tau"])
+    save_frame("takd_gain", gain)
+    display(gain)
+
+# %% [markdown]
+# ## Groups with two assistants: paired differences
+# For every (teacher, student) group, the largest minus the smallest assistant, paired by
+# seed (the same seed sets both chains' initialization and batches), in points, with a 95%
+# t-interval over seeds: the assistant's ECE at tau (claim: < 0, larger is better
+# calibrated) and the student's accuracy. This is how groups of two assistants (Table 7,
+# Table 2's WRN-22-1 rows) are analysed; the chain-level Spearman below uses every
+# (assistant, seed) point.
+
+# %%
+if RUN_2 or RUN_7:
+    pair_diff = ta.assistant_pair_differences(size_df, cfg["size_tau"])
+    save_frame("assistant_pair_differences", pair_diff)
+    display(pair_diff)
 
 # %% [markdown]
 # ## Calibration or size? Spearman correlations with the student's accuracy
 # `assistants`: one point per assistant (seed means), interval from resampling seeds within
-# assistants. `chains`: one point per (assistant, seed); seeds move the assistant's ECE but
-# not its size, so this view can separate the two. 95% bootstrap intervals. The paper's claim
-# predicts a negative correlation with ECE, stronger than the one with size.
+# assistants (groups of 3 or more assistants). `chains`: one point per (assistant, seed);
+# seeds move the assistant's ECE but not its size, so this view can separate the two. 95%
+# bootstrap intervals. The paper's claim predicts a negative correlation with ECE, stronger
+# than the one with size.
 
 # %%
-corr = ta.calibration_vs_size(df, cfg["size_tau"], n_boot=cfg["n_boot"])
-display(corr)
-
-# %%
-verdict = ta.verdict(corr, "chains")
-display(verdict)
+if RUN_2 or RUN_7:
+    corr = ta.calibration_vs_size(size_df, cfg["size_tau"], n_boot=cfg["n_boot"])
+    save_frame("calibration_vs_size", corr)
+    display(corr)
+    display(ta.verdict(corr, "chains"))
 
 # %% [markdown]
 # The same correlations computed from the paper's printed numbers (Table 2: three assistants
@@ -108,84 +177,92 @@ display(ta.paper_calibration_vs_size())
 
 # %% [markdown]
 # ## Figure: student accuracy against the assistant's ECE and size
-# Each point is one seed; the dashed line is plain KD. The numbers behind it are the per-seed
-# rows below (our Table 7 analogue).
+# One row per (teacher, student) group, Tables 2 and 7's data set only. Each point is one
+# (assistant, seed) chain; the dashed line is plain KD where it ran.
 
 # %%
-fig = plots.plot_takd(df, cfg["size_tau"])
-
-# %%
-seeds = ta.seed_table(df, cfg["size_tau"])
-display(seeds)
+if RUN_2 or RUN_7:
+    fig = plots.plot_takd(size_df, cfg["size_tau"], dataset=MAIN)
+    key_figure(fig, "student accuracy vs assistant ECE and size")
 
 # %% [markdown]
-# The paper's Table 7 (WRN-28-4 teacher, four seeds):
+# ## Table 7 (ours): per-seed rows
 
 # %%
-display(paper_table("table7"))
+if RUN_2 or RUN_7:
+    seeds = ta.seed_table(size_df, cfg["size_tau"])
+    save_frame("table7_ours", seeds)
+    display(seeds)
+
+# %% [markdown]
+# Ours beside the paper's Table 7, seed by seed (one run per row: sd is empty, n = 1):
+
+# %%
+if RUN_7 and cfg["seed_chains"]:
+    aligned7 = ta.aligned_table7(size_df, cfg["size_tau"], MAIN, cfg["seed_chains"])
+    save_frame("table7_aligned", aligned7)
+    display(aligned7)
 
 # %% [markdown]
 # ## Table 3 (ours): one chain at tau 1.8 vs 4.0
 # Same assistant architecture and student; tau changes the assistant's calibration.
 # `tau_effect`: student accuracy at the high tau minus the low one, paired by seed (points).
+# Table 3's data set only.
 
 # %%
-tau_tab = ta.tau_table(df, cfg["tau_chains"])
-display(tau_tab)
-
-# %%
-low, high = min(cfg["tau_values"]), max(cfg["tau_values"])
-tau_eff = ta.tau_effect(df, cfg["tau_chains"], low, high).round(2)
-display(tau_eff)
+if RUN_3:
+    tau_tab = ta.tau_table(tau_df, cfg["tau_chains"])
+    low, high = min(cfg["tau_values"]), max(cfg["tau_values"])
+    tau_eff = ta.tau_effect(tau_df, cfg["tau_chains"], low, high)
+    save_frame("table3_ours", tau_tab)
+    save_frame("tau_effect", tau_eff)
+    display(tau_tab)
+    display(tau_eff)
 
 # %% [markdown]
-# The paper's Table 3 (Tiny-ImageNet):
+# Ours beside the paper's Table 3 (the blank assistant read as WRN-28-2, see above):
 
 # %%
-display(paper_table("table3"))
+if RUN_3:
+    aligned3 = ta.aligned_table3(tau_df, cfg["tau_chains"], TAU_DATA)
+    save_frame("table3_aligned", aligned3)
+    display(aligned3)
 
 # %%
-if INTERACTIVE:
+if INTERACTIVE and len(df):
     import ipywidgets as widgets
 
     @widgets.interact(assistant=sorted(df["assistant_name"].unique()))
     def show_chain(assistant):
-        cols = ["tau", "seed", "assistant_accuracy", "assistant_ece_at_tau", "student_accuracy",
-                "student_ece", "student_agreement"]
+        cols = ["dataset", "tau", "seed", "assistant_accuracy", "assistant_ece_at_tau",
+                "student_accuracy", "student_ece", "student_agreement"]
         display(df[df.assistant_name == assistant][cols].round(4))  # fractions
 
 # %% [markdown]
 # ## Headline figures
+# Only the figures this run has: no plain-KD gain where no plain-KD chain ran.
 
 # %%
-v = verdict.iloc[0]
-gain = ta.takd_gain(df, cfg["size_tau"])
-headline(**{
-    "spearman(student acc, assistant ECE), chains": round(float(v["rho_ece"]), 3),
-    "spearman(student acc, assistant size), chains": round(float(v["rho_size"]), 3),
-    "best TAKD gain over plain KD (points)": round(float(gain["gain_mean"].max()), 2),
-    f"student acc change tau {low:g} -> {high:g} (points)": round(float(tau_eff["diff"].iloc[0]),
-                                                                  2),
-})
+headline(**ta.report_headline(df, cfg))
 
 # %% [markdown]
 # ## Claims table: the paper's claims, tested on this run
-# One row per claim and teacher/student group, computed by `teacher_assistant.claims` from
-# the runs above. "Better-calibrated assistant, better student" correlates student accuracy
-# with the assistant's ECE at tau over every (assistant, seed) chain (percentile bootstrap
-# over chains, `n` = chains), so groups with two assistants are analysed too. "Larger
-# assistant, lower ECE" correlates the assistants' seed-mean ECE with their parameter count
-# (interval over seeds, `n` = seeds; it needs 3 assistants). The tau claim is the paired
-# (by seed) accuracy difference between the highest and lowest tau, in points. Spearman
-# values are in percent. The verdict rule (`kdlib.claims.verdict`): *holds* when the whole
-# interval lies on the claimed side of 0, *does not hold* when it lies wholly on the other
-# side, *inconclusive* when it contains 0 or `n < 3`. On a small test set one image is a
-# sizeable fraction of a point, so read the intervals, not the point estimates.
+# One row per claim and teacher/student group (and data set), computed by
+# `teacher_assistant.claims` from the runs above. "Better-calibrated assistant, better
+# student" correlates student accuracy with the assistant's ECE at tau over every
+# (assistant, seed) chain (percentile bootstrap over chains, `n` = chains; inconclusive below
+# 5 chains), so groups with two assistants are analysed too. "Larger assistant, lower ECE"
+# tests the paper's second claim directly: with three or more assistants it correlates the
+# assistants' seed-mean ECE with their parameter count (interval over seeds, `n` = seeds);
+# with two it is the larger minus the smaller assistant's ECE, paired by seed (points,
+# t-interval). The tau claim is the paired (by seed) accuracy difference between the highest
+# and lowest tau, in points. Spearman values are in percent. The verdict rule
+# (`kdlib.claims.verdict`): *holds* when the whole interval lies on the claimed side of 0,
+# *does not hold* when it lies wholly on the other side, *inconclusive* when it contains 0 or
+# `n < 3`. On a small test set one image is a sizeable fraction of a point, so read the
+# intervals, not the point estimates.
 
 # %%
-from kdlib import claims as cl
-
-claims_table = ta.claims(df, cfg["size_tau"], cfg["tau_chains"], cfg["tau_values"],
-                         n_boot=cfg["n_boot"])
-print(cl.verdict_line(claims_table))
-claims_table
+claims_table = ta.report_claims(df, cfg)
+save_frame("claims", claims_table)
+cl.show(claims_table)

@@ -1,5 +1,6 @@
 """TAKD experiment: configuration, analysis against hand-computed values, one tiny run."""
 
+import json
 import math
 
 import matplotlib
@@ -34,7 +35,13 @@ def test_recipe_from_spec_forms():
 
 
 @pytest.mark.parametrize("scale", ["smoke", "default", "paper"])
-def test_presets_build_valid_grids(scale):
+def test_presets_build_valid_grids(scale, tmp_path, monkeypatch):
+    # with every data set present (fake files), every table's chains are in the grid
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    from tests.fake_datasets import write_cifar100, write_tinyimagenet
+
+    write_cifar100(tmp_path / "data")
+    write_tinyimagenet(tmp_path / "data")
     cfg = presets.get(ta.NAME, scale)
     grid = ta.build_grid(cfg)
     for cell in grid:
@@ -42,15 +49,21 @@ def test_presets_build_valid_grids(scale):
         ta.recipe_from_spec(cell["distill_recipe"])
         assert set(cell) == {"data", "teacher", "assistant", "student", "tau", "seed",
                              "teacher_recipe", "distill_recipe", "teacher_seed"}
-    n_size = len(cfg["size_chains"]) * len(cfg["seeds"])
+    strip = [ta._check_chain(c) for c in cfg["size_chains"] + cfg["seed_chains"]]
+    n_size = len({json.dumps(c, sort_keys=True) for c in strip}) * len(cfg["seeds"])
     n_tau = len(cfg["tau_chains"]) * len(cfg["tau_values"]) * len(cfg["seeds"])
     if cfg["data"] == cfg["tau_data"]:
         # a tau chain that is also a size chain at size_tau is computed once
-        dup = sum(c in cfg["size_chains"] for c in cfg["tau_chains"]) * len(cfg["seeds"])
+        dup = sum(ta._check_chain(c) in strip for c in cfg["tau_chains"]) * len(cfg["seeds"])
         assert cfg["size_tau"] in cfg["tau_values"]
     else:
         dup = 0
     assert len(grid) == n_size + n_tau - dup
+    # an assistant is trained once per (data, teacher, assistant, tau, seed): chains sharing
+    # it (here: the tau chain at size_tau and its size chain) count it once
+    need = {json.dumps({k: c[k] for k in ("data", "teacher", "assistant", "tau", "seed")},
+                       sort_keys=True) for c in grid if c["assistant"] is not None}
+    assert len(ta.assistant_keys(grid)) == len(need)
 
 
 def test_default_and_paper_presets_say_what_the_issue_asks():
@@ -60,18 +73,58 @@ def test_default_and_paper_presets_say_what_the_issue_asks():
     assert len(d["seeds"]) >= 2 and d["tau_values"] == [1.8, 4.0]
     p = presets.get(ta.NAME, "paper")
     assert p["data"]["name"] == "cifar100" and p["tau_data"]["name"] == "tinyimagenet"
+    # the CRD/RepDistiller recipe, the same teachers as the other notebooks' paper presets
     assert ta.recipe_from_spec(p["teacher_recipe"]) == Recipe.preset("paper")
-    # every Table 2 chain is in the paper preset
+    assert ta.recipe_from_spec(p["teacher_recipe"]).milestones == (150, 180, 210)
     arch = {"WRN-28-3": "wrn_28_3", "ResNet110": "resnet110", "WRN-28-2": "wrn_28_2",
             "WRN-28-1": "wrn_28_1", "ResNet56": "resnet56", "ResNet32": "resnet32",
-            "ResNet20": "resnet20", "ResNet14": "resnet14", "WRN-22-1": "wrn_22_1"}
+            "ResNet20": "resnet20", "ResNet14": "resnet14", "WRN-22-1": "wrn_22_1",
+            "WRN-28-4": "wrn_28_4", "RESNET14": "resnet14", "WRN-16-3": "wrn_16_3",
+            "WRN-16-1": "wrn_16_1"}
     from kdlib.paper import paper_table
 
-    for _, r in paper_table("table2").iterrows():
-        chain = {"teacher": arch[r.teacher], "assistant": arch[r.assistant],
-                 "student": arch[r.student]}
-        assert chain in p["size_chains"], chain
+    def chains(key):
+        return [ta._check_chain(c) for c in p[key]]
+
+    for table, key in (("table2", "size_chains"), ("table7", "seed_chains")):
+        for _, r in paper_table(table).iterrows():
+            chain = {"teacher": arch[r.teacher], "assistant": arch[r.assistant],
+                     "student": arch[r.student]}
+            assert chain in chains(key), (table, chain)
+    # Table 3: the blank assistant read as WRN-28-2 (a TAKD chain, not plain KD)
+    assert {"teacher": "wrn_28_3", "assistant": "wrn_28_2", "student": "wrn_28_1"} in \
+        chains("tau_chains")
+    assert None not in {c["assistant"] for c in p["tau_chains"]}
     assert p["seeds"] == [0, 1, 2, 5]  # Table 7's seeds
+    # chains carry selection names; a selection keeps one table
+    assert p["size_chains"][0]["name"] == "wrn_28_3->resnet110->resnet14"
+    only3 = presets.get(ta.NAME, "paper", select="table=3")
+    assert only3["size_chains"] is None and only3["seed_chains"] is None
+    assert len(only3["tau_chains"]) == 2
+    one = presets.get(ta.NAME, "paper", select="chain=wrn_28_4->* seed=5")
+    assert [c["name"] for c in one["seed_chains"]] == [
+        "wrn_28_4->wrn_28_2->wrn_22_1", "wrn_28_4->wrn_28_1->wrn_22_1",
+        "wrn_28_4->wrn_28_2->resnet14", "wrn_28_4->wrn_28_1->resnet14"]
+    assert one["size_chains"] == [] and one["seeds"] == [5]
+
+
+def test_skipped_tables_missing_tinyimagenet_keeps_table2(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    from tests.fake_datasets import write_cifar100
+
+    write_cifar100(tmp_path / "data")
+    cfg = presets.get(ta.NAME, "paper")
+    skipped = ta.skipped_tables(cfg)
+    assert [t for t, _ in skipped] == ["3"]
+    assert "tiny-imagenet-200" in skipped[0][1]
+    grid = ta.build_grid(cfg)
+    assert grid and {c["data"]["name"] for c in grid} == {"cifar100"}
+    # nothing present: every table skipped, an empty grid (not an error)
+    (tmp_path / "data" / "cifar-100-python").rename(tmp_path / "data" / "elsewhere")
+    assert [t for t, _ in ta.skipped_tables(cfg)] == ["2", "7", "3"]
+    assert ta.build_grid(cfg) == []
+    assert [t for t, _ in ta.skipped_tables(presets.get(ta.NAME, "paper",
+                                                          select="table=2"))] == ["2", "7", "3"]
 
 
 def test_build_grid_rejects_bad_configs():
@@ -258,13 +311,29 @@ def tiny_cfg(tmp_path, monkeypatch):
             "distill_recipe": {"epochs": 1}, "teacher_seed": 0, "size_tau": 1.8,
             "size_chains": [{"teacher": "resnet8", "assistant": "resnet8", "student": "resnet8"},
                             {"teacher": "resnet8", "assistant": None, "student": "resnet8"}],
+            "seed_chains": [{"teacher": "resnet8", "assistant": "resnet8",
+                             "student": "wrn_10_1"}],
             "tau_chains": [], "tau_values": [1.8], "seeds": [0], "n_boot": 10}
 
 
 def test_run_chain_end_to_end_and_store(tiny_cfg, monkeypatch, tmp_path, one_thread):
+    import kdlib.train
+
+    calls = []
+    real = kdlib.train.distill
+    monkeypatch.setattr(kdlib.train, "distill",
+                        lambda s, t, *a, **k: calls.append(type(s).__name__) or real(s, t, *a,
+                                                                                       **k))
     df = ta.run(tiny_cfg, "smoke", progress=False)
     assert (tmp_path / "runs" / "smoke" / "teacher_assistant.sqlite").is_file()
-    assert len(df) == 2
+    assert len(df) == 3
+    # one assistant (resnet8 at tau 1.8, seed 0) shared by two chains: trained once, so 4
+    # distillations (1 assistant + 3 students), not 5
+    assert len(calls) == 4
+    assert len(list((tmp_path / "data" / "assistants" / "assistants").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "data" / "assistants" / "students").glob("*.pt"))) == 3
+    a = df[df.assistant_name == "resnet8"]
+    assert a["assistant_ece_at_tau"].nunique() == 1  # the same assistant in both chains
     for col in ["teacher_accuracy", "assistant_ece_at_tau", "student_accuracy", "student_ece"]:
         assert df[col].between(0, 1).all(), col
     plain = df[df.assistant_name == "none"].iloc[0]
@@ -272,7 +341,7 @@ def test_run_chain_end_to_end_and_store(tiny_cfg, monkeypatch, tmp_path, one_thr
     assert plain.assistant_ece_at_tau == pytest.approx(plain.teacher_ece_at_tau)
     # resnet8 with a 1-channel stem and 10 classes
     assert plain.assistant_params == plain.teacher_params == 77_754
-    takd = df[df.assistant_name == "resnet8"].iloc[0]
+    takd = df[(df.assistant_name == "resnet8") & (df.student == "resnet8")].iloc[0]
     assert takd.assistant_ece_at_tau != pytest.approx(takd.teacher_ece_at_tau)
     # a re-run reads the store and trains nothing
     import kdlib.train
@@ -299,3 +368,103 @@ def test_plot_takd():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ two assistants, data sets
+
+
+def test_assistant_pair_differences_hand_values():
+    # two assistants (as Table 7): larger A (2000 params), smaller B (1000), three seeds
+    eces = {"A": [0.10, 0.12, 0.11], "B": [0.13, 0.12, 0.15]}
+    accs = {"A": [0.71, 0.70, 0.72], "B": [0.70, 0.71, 0.70]}
+    df = _frame("AB", eces, accs, params={"A": 2000, "B": 1000})
+    d = ta.assistant_pair_differences(df, 1.8).set_index("metric")
+    e = d.loc["assistant ECE at tau"]
+    # per seed (points): -3, 0, -4 -> mean -7/3, sd of (-3, 0, -4)
+    assert (e.larger, e.smaller, e.n) == ("A", "B", 3)
+    assert e["diff"] == pytest.approx(-7 / 3)
+    assert e["std"] == pytest.approx(np.std([-3, 0, -4], ddof=1))
+    half = 4.302652729911275 * e["std"] / math.sqrt(3)  # t(0.975, 2)
+    assert e["lo"] == pytest.approx(-7 / 3 - half) and e["hi"] == pytest.approx(-7 / 3 + half)
+    a = d.loc["student accuracy"]
+    assert a["diff"] == pytest.approx((1 - 1 + 2) / 3)  # +1, -1, +2 points
+    # the claims: the two-assistant group gets a paired-difference calibration row
+    t = ta.claims(df, 1.8, [], [1.8], n_boot=50)
+    assert len(t) == 2
+    assert t.loc[1, "claim"].startswith("larger assistant, lower ECE: A - B")
+    assert t.loc[1, "ours"] == "-2.33 pp" and t.loc[1, "n"] == 3
+    assert t.loc[1, "verdict"] == "inconclusive"  # interval [-7.3, 2.6] contains 0
+    # six (assistant, seed) chains: the chain-level Spearman is computed (n = 6)
+    assert t.loc[0, "n"] == 6 and t.loc[0, "ours"] != "nan%"
+
+
+def test_split_tables_never_mixes_data_sets():
+    cfg = presets.get(ta.NAME, "paper")
+    rows = []
+    for ds, chains, taus in (("cifar100", cfg["size_chains"][:1] + cfg["seed_chains"][:1],
+                              [1.8]),
+                             ("tinyimagenet", cfg["tau_chains"], [1.8, 4.0])):
+        for c in chains:
+            for tau in taus:
+                rows.append({"dataset": ds, "teacher": c["teacher"],
+                             "assistant_name": c["assistant"], "student": c["student"],
+                             "tau": tau, "seed": 0})
+    df = pd.DataFrame(rows)
+    size, tau = ta.split_tables(df, cfg)
+    assert set(size["dataset"]) == {"cifar100"} and len(size) == 2
+    assert set(tau["dataset"]) == {"tinyimagenet"} and len(tau) == 4
+    # the Tiny-ImageNet chains at tau 1.8 never enter the CIFAR-100 (Table 2) rows
+    assert not (size["student"] == "wrn_16_1").any()
+
+
+def test_report_headline_and_claims_without_plain_kd():
+    # the paper preset has no plain-KD chain: the headline must not carry a NaN gain
+    eces = {"A": [0.10, 0.12, 0.11], "B": [0.13, 0.12, 0.15], "C": [0.2, 0.21, 0.19]}
+    accs = {"A": [0.71, 0.70, 0.72], "B": [0.70, 0.71, 0.70], "C": [0.6, 0.62, 0.61]}
+    df = _frame("ABC", eces, accs, params={"A": 3000, "B": 2000, "C": 1000})
+    cfg = {"data": {"name": "digits"}, "tau_data": {"name": "digits"}, "size_tau": 1.8,
+           "size_chains": [{"teacher": "T", "assistant": a, "student": "S"} for a in "ABC"],
+           "seed_chains": None, "tau_chains": None, "tau_values": [1.8, 4.0], "n_boot": 50}
+    figs = ta.report_headline(df, cfg)
+    assert figs["chains run"] == 9
+    assert not any("gain" in k for k in figs)
+    rho = figs["spearman(student acc, assistant ECE), T -> S, digits"]
+    assert np.isfinite(rho.value) and -1 <= rho.value <= 0
+    from kdlib.headline import headline_bundle
+
+    headline_bundle(**figs)  # every figure finite and well formed
+    t = ta.report_claims(df, cfg)
+    assert len(t) == 2  # 3 assistants: chain Spearman + size Spearman; no tau chains
+    assert t.loc[1, "claim"].startswith("larger assistant, lower ECE (T -> S")
+
+
+def test_aligned_tables_match_the_paper_names():
+    rows = []
+    for s, (e, a) in enumerate([(0.095, 0.684), (0.097, 0.686)]):
+        rows.append({"dataset": "cifar100", "teacher": "wrn_28_3", "assistant_name": "resnet110",
+                     "student": "resnet14", "tau": 1.8, "seed": s,
+                     "assistant_ece_at_tau": e, "student_accuracy": a})
+    df = pd.DataFrame(rows)
+    t2 = ta.aligned_table2(df, 1.8, "cifar100").set_index("metric")
+    acc = t2.loc["student_accuracy"]
+    assert (acc.teacher, acc.assistant, acc.student) == ("WRN-28-3", "ResNet110", "ResNet14")
+    assert acc["paper (%)"] == pytest.approx(68.44)
+    assert acc["ours mean (%)"] == pytest.approx(68.5) and acc["n seeds"] == 2
+    assert acc["ours - paper (points)"] == pytest.approx(0.06)
+    assert ta.aligned_table2(df, 1.8, "tinyimagenet").empty
+    # Table 3: the blank assistant matched as WRN-28-2
+    t3rows = [{"dataset": "tinyimagenet", "teacher": "wrn_28_3", "assistant_name": "wrn_28_2",
+               "student": "wrn_28_1", "tau": tau, "seed": 0, "assistant_ece_at_tau": 0.2,
+               "student_accuracy": 0.5} for tau in (1.8, 4.0)]
+    chains = [{"teacher": "wrn_28_3", "assistant": "wrn_28_2", "student": "wrn_28_1"}]
+    t3 = ta.aligned_table3(pd.DataFrame(t3rows), chains, "tinyimagenet")
+    got = t3[t3.metric == "student_accuracy"].set_index("tau")["paper (%)"]
+    assert got[1.8] == pytest.approx(56.45) and got[4.0] == pytest.approx(52.87)
+    # Table 7 row by row (seed 5)
+    t7rows = [{"dataset": "cifar100", "teacher": "wrn_28_4", "assistant_name": "wrn_28_1",
+               "student": "resnet14", "tau": 1.8, "seed": 2, "assistant_ece_at_tau": 0.1,
+               "student_accuracy": 0.69}]
+    chains7 = [{"teacher": "wrn_28_4", "assistant": "wrn_28_1", "student": "resnet14"}]
+    t7 = ta.aligned_table7(pd.DataFrame(t7rows), 1.8, "cifar100", chains7)
+    r = t7[t7.metric == "student_accuracy"].iloc[0]
+    assert r["seed"] == 2 and r["paper (%)"] == pytest.approx(68.83)

@@ -21,38 +21,53 @@ def _require(df, cols, name):
         raise ValueError(f"{name} is empty: nothing to plot")
 
 
-def plot_takd(chains: pd.DataFrame, size_tau: float):
+def plot_takd(chains: pd.DataFrame, size_tau: float, dataset: str | None = None):
     """Student accuracy against the assistant's ECE at tau (left) and its parameter count
-    (right), one point per (assistant, seed) chain at `size_tau`; plain KD (no assistant)
-    drawn as a dashed line (mean over seeds). Returns the Figure."""
+    (right), one point per (assistant, seed) chain at `size_tau`, one row of panels per
+    (teacher, student) group; plain KD (no assistant) drawn as a dashed line (mean over
+    seeds). One data set only: `dataset` picks it (required when the frame holds several,
+    so that CIFAR-100 and Tiny-ImageNet rows never share a plot). Returns the Figure."""
     _require(chains, ["tau", "assistant_name", "assistant_ece_at_tau", "assistant_params",
                       "student_accuracy", "teacher", "student"], "chains")
     sub = chains[np.isclose(chains["tau"], size_tau)]
+    if "dataset" in sub.columns:
+        present = sorted(sub["dataset"].unique())
+        if dataset is None and len(present) > 1:
+            raise ValueError(f"chains hold several data sets {present}; pass dataset= (one "
+                             "plot per data set)")
+        if dataset is not None:
+            sub = sub[sub["dataset"] == dataset]
     if sub.empty:
-        raise ValueError(f"no chains at tau {size_tau}; taus present: "
-                         f"{sorted(chains['tau'].unique())}")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    plain = sub[sub["assistant_name"] == "none"]
-    ta = sub[sub["assistant_name"] != "none"]
+        raise ValueError(f"no chains at tau {size_tau}"
+                         + (f" on {dataset}" if dataset else "")
+                         + f"; taus present: {sorted(chains['tau'].unique())}")
+    groups = list(sub.groupby(["teacher", "student"], sort=True))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.6 * len(groups)), sharey="row",
+                             squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^vP*X"
-    for i, (name, g) in enumerate(ta.groupby("assistant_name", sort=False)):
-        style = {"color": colors[i % len(colors)], "marker": markers[i % len(markers)],
-                 "alpha": 0.75}
-        axes[0].scatter(100 * g["assistant_ece_at_tau"], 100 * g["student_accuracy"],
-                        label=f"{name} ({g['assistant_params'].iloc[0] / 1e3:.0f}k)", **style)
-        axes[1].scatter(g["assistant_params"] / 1e3, 100 * g["student_accuracy"], **style)
-    for ax in axes:
-        if not plain.empty:
-            ax.axhline(100 * plain["student_accuracy"].mean(), color="grey", ls="--",
-                       label="plain KD (no assistant)" if ax is axes[0] else None)
-        ax.grid(alpha=0.3)
-    axes[0].set_xlabel(f"assistant test ECE at tau = {size_tau:g} (%)")
-    axes[1].set_xlabel("assistant parameters (thousands)")
-    axes[0].set_ylabel("student test accuracy (%)")
-    axes[0].legend(fontsize=8)
-    t, s = sub["teacher"].iloc[0], sub["student"].iloc[0]
-    fig.suptitle(f"TAKD {t} -> assistant -> {s}: each point one seed")
+    for row, ((t, s), g) in zip(axes, groups):
+        plain = g[g["assistant_name"] == "none"]
+        ta = g[g["assistant_name"] != "none"]
+        for i, (name, h) in enumerate(ta.groupby("assistant_name", sort=False)):
+            style = {"color": colors[i % len(colors)], "marker": markers[i % len(markers)],
+                     "alpha": 0.75}
+            row[0].scatter(100 * h["assistant_ece_at_tau"], 100 * h["student_accuracy"],
+                           label=f"{name} ({h['assistant_params'].iloc[0] / 1e3:.0f}k)",
+                           **style)
+            row[1].scatter(h["assistant_params"] / 1e3, 100 * h["student_accuracy"], **style)
+        for ax in row:
+            if not plain.empty:
+                ax.axhline(100 * plain["student_accuracy"].mean(), color="grey", ls="--",
+                           label="plain KD (no assistant)" if ax is row[0] else None)
+            ax.grid(alpha=0.3)
+        row[0].set_xlabel(f"assistant test ECE at tau = {size_tau:g} (%)")
+        row[1].set_xlabel("assistant parameters (thousands)")
+        row[0].set_ylabel("student test accuracy (%)")
+        row[0].set_title(f"{t} -> assistant -> {s}", fontsize=10)
+        row[0].legend(fontsize=8)
+    where = f" on {dataset}" if dataset else ""
+    fig.suptitle(f"TAKD at tau = {size_tau:g}{where}: each point one (assistant, seed) chain")
     fig.tight_layout()
     return fig
 
