@@ -213,5 +213,33 @@ def distill_students(folder, data, teacher_model, teacher: dict, student: str,
     return found
 
 
-__all__ = ["KEY_VERSION", "data_key", "distill_students", "key_digest", "load_student",
-           "recipe_key", "save_student", "student_file", "student_key", "teacher_id"]
+def distill_one(folder, data, teacher_model, teacher: dict, student: str, student_recipe,
+                loss: str, temperature: float, seed: int, *, alpha: float = 1.0,
+                loss_kwargs: dict | None = None, student_kwargs=None) -> dict:
+    """One student distilled with `kdlib.train.distill` (for losses that do not stack, such
+    as FitNet's hints with their own regressor), read from the store when it is there, else
+    trained (no per-epoch evaluation) and saved. Returns the dict of `distill_students`."""
+    from kdlib.recipe import recipe_from_spec
+    from kdlib.train import distill, make_model, predict_logits
+
+    seed = check_int(seed, "seed", minimum=0)
+    key = student_key(teacher, student, student_recipe, loss, temperature, seed, alpha,
+                      student_kwargs, loss_kwargs)
+    found = load_student(folder, key)
+    if found is not None:
+        return {**found, "cached": True}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in _plain_kwargs(student_kwargs).items()}
+    model = make_model(student, data, seed=seed, **kwargs)
+    rec = distill(model, teacher_model, data, loss, float(temperature),
+                  recipe_from_spec(student_recipe), alpha=float(alpha), seed=seed,
+                  progress=False, eval_every=0, loss_kwargs=dict(loss_kwargs or {}))
+    logits = predict_logits(model, data)
+    save_student(folder, key, model, logits, rec)
+    return {"key": key, "model": model.state_dict(), "test_logits": logits, "record": rec,
+            "cached": False}
+
+
+__all__ = ["KEY_VERSION", "data_key", "distill_one", "distill_students", "key_digest",
+           "load_student", "recipe_key", "save_student", "student_file", "student_key",
+           "teacher_id"]

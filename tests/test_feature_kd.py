@@ -80,14 +80,16 @@ def test_presets_and_grids():
     for scale in presets.SCALES:
         cfg = presets.get(fk.NAME, scale)
         fit = fk.fitnet_grid(cfg)
-        assert len(fit) == len(cfg["temperatures"]) * len(cfg["seeds"])
+        hint_only = len(cfg["seeds"]) if fk.hint_only_supported() else 0
+        assert len(fit) == len(cfg["temperatures"]) * len(cfg["seeds"]) + hint_only
         assert {c["stage"] for c in fit} == {cfg["hint_stage"]}
         logit = fk.logit_grid(cfg)
         assert len(logit) == len(cfg["seeds"])
         assert logit[0]["losses"] == ["kd", "dist"]
     paper = presets.get(fk.NAME, "paper")
     assert paper["data"]["name"] == "cifar100"
-    assert recipe_from_spec(paper["teacher_recipe"]) == Recipe.preset("paper")
+    assert recipe_from_spec(paper["teacher_recipe"]) == Recipe.preset("paper",
+                                                                      checkpoint_every=0)
     assert paper["temperatures"] == fk.PAPER_TAUS
     cfg = presets.get(fk.NAME, "smoke")
     assert fk.logit_grid({**cfg, "compare_losses": []}) == []
@@ -106,11 +108,17 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
     cfg["data"] = {"name": "digits", "seed": 0, "subset_train": 80, "subset_test": 60}
     cfg["teacher_recipe"] = {"epochs": 1}
     df = fk.run(cfg, "smoke", progress=False)
-    assert len(df) == 3 * 2  # fitnet, kd, dist at 2 temperatures, 1 seed
-    assert sorted(df["loss"].unique()) == ["dist", "fitnet", "kd"]
+    hint_only = fk.hint_only_supported()
+    assert len(df) == 3 * 2 + hint_only  # fitnet, kd, dist at 2 temperatures, 1 seed
+    assert sorted(df["loss"].unique()) == sorted(["dist", "fitnet", "kd"]
+                                                 + ["fitnet_ce"] * hint_only)
+    # every student is kept in the student store
+    kept = list((tmp_path / "runs" / "smoke" / "students").glob("*.pt"))
+    assert len(kept) == len(df)
     assert ((df["accuracy"] >= 0) & (df["accuracy"] <= 1)).all()
     # the teacher's ECE at tau is the same for every loss at a temperature
-    per_t = df.groupby("temperature")["teacher_ece_at_tau"].nunique()
+    per_t = df.dropna(subset=["temperature"]).groupby("temperature")[
+        "teacher_ece_at_tau"].nunique()
     assert (per_t == 1).all()
     df2 = fk.run(cfg, "smoke", progress=False)  # read back from the store
     pd.testing.assert_frame_equal(df, df2)
@@ -127,11 +135,88 @@ def test_accuracy_vs_teacher_ece_figure():
 
     fig = accuracy_vs_teacher_ece(_fake_df())
     left, right = fig.axes[0], fig.axes[1]
-    assert [t.get_text() for t in right.get_legend().get_texts()] == ["fitnet", "kd", "dist"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == [
+        "FitNet: KD(tau) + hint", "KD(tau)", "DIST(tau)"]
     # right panel: KD's points sit at (teacher ECE %, mean accuracy %)
     kd = right.containers[1].lines[0].get_xydata()
     np.testing.assert_allclose(kd, [[2, 91], [10, 88], [40, 85]])
     assert left.get_xlabel() == "temperature tau"
     with pytest.raises(ValueError, match="lacks columns"):
         accuracy_vs_teacher_ece(_fake_df().drop(columns="seed"))
+    # the hint-only arm: a horizontal line at its mean accuracy (87 %) in both panels
+    fig = accuracy_vs_teacher_ece(_with_hint_only())
+    for ax in fig.axes[:2]:
+        hline = [ln for ln in ax.lines if ln.get_label() == "hint only: CE + hint"]
+        assert len(hline) == 1 and hline[0].get_ydata()[0] == pytest.approx(87.0)
     plt.close("all")
+
+
+def _with_hint_only():
+    """_fake_df plus the hint-only arm: seed 0 at 0.86, seed 1 at 0.88 (no temperature)."""
+    hint = pd.DataFrame({"loss": "fitnet_ce", "temperature": np.nan, "seed": [0, 1],
+                         "accuracy": [0.86, 0.88], "teacher_ece_at_tau": np.nan})
+    return pd.concat([_fake_df(), hint], ignore_index=True)
+
+
+def test_hint_effect_by_hand():
+    e = fk.hint_effect(_with_hint_only()).set_index(["comparison", "temperature"])
+    # fitnet - kd per seed (points): tau 1: -1, +1; tau 2: -1, +3; tau 4: -5, -1
+    r = e.loc[("fitnet - kd", 2.0)]
+    assert r["mean"] == pytest.approx(1.0) and r["n_seeds"] == 2
+    half = 12.7062047 * np.std([-1, 3], ddof=1) / np.sqrt(2)
+    assert (r["lo"], r["hi"]) == (pytest.approx(1 - half), pytest.approx(1 + half))
+    assert r["teacher_ece_at_tau"] == pytest.approx(10.0)
+    # mean over tau per seed: seed 0 (-1 - 1 - 5) / 3 = -7/3, seed 1 (1 + 3 - 1) / 3 = 1
+    assert e.loc[("fitnet - kd", "mean"), "mean"] == pytest.approx((-7 / 3 + 1) / 2)
+    # fitnet - hint only at tau 4: 80 - 86 = -6, 84 - 88 = -4 -> -5
+    assert e.loc[("fitnet - fitnet_ce", 4.0), "mean"] == pytest.approx(-5.0)
+    # without the hint-only arm only the KD comparison is there
+    assert set(fk.hint_effect(_fake_df())["comparison"]) == {"fitnet - kd"}
+
+
+def test_hint_only_in_tables_and_claims():
+    df = _with_hint_only()
+    t = fk.accuracy_table(df)
+    assert t["fitnet_ce_mean"].tolist() == pytest.approx([87.0] * 3)
+    assert list(fk.correlation_table(df, n_boot=50).index) == ["fitnet", "kd", "dist"]
+    c = fk.claims(df, n_boot=50).set_index("claim")
+    # 2 seeds only: every verdict is inconclusive (n < 3), but the figures are computed
+    hurt = [k for k in c.index if k.startswith("KD term at the highest-ECE tau (4)")]
+    assert len(hurt) == 1 and c.loc[hurt[0], "ours"] == "-5.00 pp"
+    assert c.loc["the hint adds accuracy to KD (FitNet - KD, mean over tau)", "ours"] == \
+        "-0.67 pp"
+    assert set(c["verdict"]) == {"inconclusive"}
+    # three seeds where FitNet at tau 4 is 3-5 points below the hint-only student: holds
+    rows = []
+    for seed in range(3):
+        for t, ece in ((1.0, 0.02), (2.0, 0.1), (4.0, 0.4)):
+            rows += [{"loss": "fitnet", "temperature": t, "seed": seed,
+                      "accuracy": 0.90 - 0.02 * t - 0.01 * seed, "teacher_ece_at_tau": ece},
+                     {"loss": "kd", "temperature": t, "seed": seed,
+                      "accuracy": 0.89 - 0.02 * t, "teacher_ece_at_tau": ece}]
+        rows.append({"loss": "fitnet_ce", "temperature": np.nan, "seed": seed,
+                     "accuracy": 0.86 - 0.005 * seed, "teacher_ece_at_tau": np.nan})
+    c = fk.claims(pd.DataFrame(rows), n_boot=50).set_index("claim")
+    hurt = next(k for k in c.index if k.startswith("KD term"))
+    assert c.loc[hurt, "verdict"] == "holds"          # -4, -4.5, -5 points
+    # FitNet - KD: +1, 0, -1 points -> mean 0, interval contains 0
+    assert c.loc["the hint adds accuracy to KD (FitNet - KD, mean over tau)",
+                 "verdict"] == "inconclusive"
+
+
+def test_skipped_tables_dry_run_and_headline(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    paper = presets.get(fk.NAME, "paper")
+    (table, reason), = fk.skipped_tables(paper)
+    assert table == "Figure 7" and "cifar" in reason.lower()
+    smoke = presets.get(fk.NAME, "smoke")
+    expected = [] if fk.hint_only_supported() else [fk.HINT_TABLE]
+    assert [t for t, _ in fk.skipped_tables(smoke)] == expected
+    assert fk.skipped_tables({**smoke, "hint_only": False}) == []
+    dry = presets.get(fk.NAME, "paper", dry_run=True)
+    assert recipe_from_spec(dry["student_recipe"]).epochs == 1 and dry["seeds"] == [0]
+    assert fk.logit_grid(dry, "paper")[0]["store"] == "paper-dry-run"
+    f = fk.headline_figures(_with_hint_only(), fk.correlation_table(_fake_df(), n_boot=50))
+    assert f["accuracy, hint only (CE + hint)"].text() == "87.00%"
+    assert f["Spearman teacher ECE vs accuracy, kd"].value == pytest.approx(-1.0)
+    assert f["FitNet - KD, mean over tau"].value == pytest.approx(-2 / 3 / 100)

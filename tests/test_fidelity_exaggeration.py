@@ -189,6 +189,22 @@ def test_run_seed_end_to_end(tmp_path, monkeypatch):
             assert r["teacher_confidence_tau"] < r["teacher_confidence_t1"]
     assert list((tmp_path / "data" / "teachers").iterdir())  # the teacher was cached there
     pd.DataFrame(fe.results_frame([{"seed": 0, **out}]))
+    # the four students are kept (weights + test logits); a second call trains nothing and
+    # reproduces every number from the kept logits
+    assert len(list((tmp_path / "runs" / "default" / "students").glob("*.pt"))) == 4
+    import kdlib.stacked
+
+    monkeypatch.setattr(kdlib.stacked, "distill_stacked",
+                        lambda *a, **k: pytest.fail("a kept student was retrained"))
+    again = fe.run_seed(data={"name": "digits", "subset_train": 120, "subset_test": 60,
+                              "download": True},  # not part of the key
+                        teacher="resnet8", teacher_recipe={"preset": "smoke", "epochs": 1},
+                        teacher_seed=0, student="resnet8",
+                        student_recipe={"preset": "smoke", "epochs": 1, "checkpoint_every": 1},
+                        losses=["dist"], temperatures=[3.0], seed=0, confidence_bins=5)
+    import json
+
+    assert json.dumps(again["rows"][0], sort_keys=True) == json.dumps(rows[3], sort_keys=True)
 
 
 def test_plots_draw_the_tables():
@@ -238,3 +254,59 @@ def test_claims_from_correlation_rows():
     assert set(fe.claims(corr.assign(n_seeds=2))["verdict"]) == {"inconclusive"}
     with pytest.raises(ValueError, match="n_seeds"):
         fe.claims(corr.drop(columns="n_seeds"))
+
+
+def test_skipped_tables_and_dry_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    paper = presets.get(fe.NAME, "paper")
+    (table, reason), = fe.skipped_tables(paper)          # no CIFAR-100 in an empty folder
+    assert table == "fidelity" and "cifar" in reason.lower()
+    assert fe.skipped_tables(presets.get(fe.NAME, "default")) == []
+    dry = presets.get(fe.NAME, "paper", dry_run=True)
+    assert dry["seeds"] == [0] and dry["temperatures"] == paper["temperatures"]
+    for key in ("teacher_recipe", "student_recipe"):
+        r = recipe_from_spec(dry[key])
+        assert (r.epochs, r.batch_size) == (1, 8)
+    assert fe.grid(dry, "paper")[0]["store"] == "paper-dry-run"
+    assert fe.grid(paper, "paper")[0]["store"] == "paper"
+    with pytest.raises(ValueError, match="keys"):
+        fe.skipped_tables({"data": {"name": "digits"}})
+
+
+def test_paper_students_are_notebook_02s():
+    """The paper preset's students have the keys of notebook 02's resnet56 -> resnet14
+    students (same data, teacher, recipes), so the student store trains them once."""
+    from kdlib.experiments import temperature_sweep as ts
+    from kdlib.student_store import student_key, teacher_id
+
+    ours = presets.get(fe.NAME, "paper")
+    pair = next(p for p in presets.get(ts.NAME, "paper")["pairs"]
+                if p["name"] == "resnet56->resnet14")
+    if pair["teacher_recipe"].get("epochs") != 240:
+        pytest.skip("notebook 02 moved to another recipe; align this preset with it")
+    a = student_key(teacher_id(ours["data"], ours["teacher"], ours["teacher_recipe"]),
+                    ours["student"], ours["student_recipe"], "kd", 4.0, 0)
+    b = student_key(teacher_id(pair["data"], pair["teacher"], pair["teacher_recipe"],
+                               kwargs=pair["teacher_kwargs"]),
+                    pair["student"], pair["student_recipe"], "kd", 4.0, 0,
+                    student_kwargs=pair["student_kwargs"])
+    assert a == b
+
+
+def test_headline_figures_by_hand():
+    corr = pd.DataFrame([
+        {"loss": "kd", "x": "agreement", "y": "accuracy", "rho": 0.5, "lo": 0.1, "hi": 0.9},
+        {"loss": "dist", "x": "agreement", "y": "accuracy", "rho": float("nan"),
+         "lo": float("nan"), "hi": float("nan")},
+        {"loss": "both", "x": "agreement", "y": "accuracy", "rho": 0.2, "lo": 0.0, "hi": 0.4},
+        {"loss": "kd", "x": "kl_teacher_student", "y": "accuracy", "rho": -0.3, "lo": -1,
+         "hi": 0.2}])
+    exag = pd.DataFrame({"loss": ["dist", "kd"], "exaggeration_t1": [0.125, 0.4]})
+    f = fe.headline_figures(corr, exag)
+    assert list(f) == ["Spearman agreement vs accuracy, kd",
+                       "more confident than the teacher at T = 1, dist",
+                       "more confident than the teacher at T = 1, kd"]
+    assert f["Spearman agreement vs accuracy, kd"].text() == "0.500 [0.100, 0.900]"
+    assert f["more confident than the teacher at T = 1, dist"].text() == "12.50%"
+    with pytest.raises(ValueError, match="columns"):
+        fe.headline_figures(corr.drop(columns="rho"), exag)

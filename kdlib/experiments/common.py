@@ -206,3 +206,9 @@ def table6_aligned(df, teacher: str, student: str):
         return pd.DataFrame(columns=[*keys, "metric", "paper (%)", "ours mean (%)",
                                      "ours sd (%)", "n seeds", "ours - paper (points)", "epoch"])
     return pd.concat(parts, ignore_index=True)
+
+
+DIST_TOLERANCE = 50.0
+"""Insensitivity band for DIST's Spearman of teacher ECE vs student accuracy, percent: the
+paper calls DIST insensitive with values from -50% (WRN-28-1 -> ResNet14) to +8% (Tables 6,
+9), so |rho| <= 50%."""

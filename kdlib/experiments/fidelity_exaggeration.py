@@ -28,11 +28,23 @@ import torch
 
 from kdlib import analysis, fidelity, presets
 from kdlib._validate import as_tensor, check_choice, check_int, check_positive
+from kdlib.experiments.common import (  # noqa: F401
+    cut_recipe_specs,
+    headline_number,
+    limited_threads,
+    load_teacher,
+    missing_data,
+    run_name,
+    store_path,
+    students_dir,
+)
 from kdlib.paper import PAPER_TEMPERATURES
-from kdlib.recipe import recipe_from_spec
 
 NAME = "fidelity_exaggeration"
 REFERENCES = ("t1", "tau")
+TABLE = "fidelity"
+# headline_number is re-exported from kdlib.experiments.common (notebooks 08 and 09 import
+# it from here)
 
 presets.register(NAME, {
     "smoke": {
@@ -47,11 +59,12 @@ presets.register(NAME, {
         "seeds": [0],
         "confidence_bins": 10,
         "n_boot": 200,
+        "torch_threads": 1,
     },
     "default": {
         "data": {"name": "digits"},
         "teacher": "resnet20",
-        "teacher_recipe": {"preset": "default", "checkpoint_every": 5},
+        "teacher_recipe": "default",        # the cached teacher of notebooks 02, 05 and 06
         "teacher_seed": 0,
         "student": "resnet8",
         "student_recipe": {"epochs": 20, "milestones": [13, 15, 17]},  # default, scaled
@@ -60,21 +73,37 @@ presets.register(NAME, {
         "seeds": [0, 1, 2],
         "confidence_bins": 10,
         "n_boot": 2000,
+        "torch_threads": 1,                 # 1 thread: measured fastest on 2 shared cores
     },
-    "paper": {
-        "data": {"name": "cifar100", "download": True},
+    "paper": {                              # Table 6's first pair: the students of notebook
+        "data": {"name": "cifar100"},       # 02 (and 06), shared through the student store
         "teacher": "resnet56",
-        "teacher_recipe": {"preset": "paper"},
+        "teacher_recipe": {"preset": "paper", "checkpoint_every": 0},
         "teacher_seed": 0,
         "student": "resnet14",
-        "student_recipe": {"preset": "paper"},
+        "student_recipe": {"preset": "paper", "checkpoint_every": 0},
         "losses": ["kd", "dist"],
         "temperatures": PAPER_TEMPERATURES,
         "seeds": [0, 1, 2],
         "confidence_bins": 15,
         "n_boot": 2000,
+        "torch_threads": None,
     },
-})
+}, tables={TABLE: ["losses", "temperatures", "seeds"]},
+    dry_run=lambda cfg: cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")))
+
+
+def skipped_tables(cfg: dict) -> list[tuple[str, str]]:
+    """[(table, reason)] for what this config cannot run: the fidelity sweep when its data
+    set is missing (the reason names the file to fetch) or a selection left nothing to run;
+    [] when everything runs."""
+    need = ["data", "losses", "temperatures", "seeds"]
+    if not isinstance(cfg, dict) or any(k not in cfg for k in need):
+        raise ValueError(f"cfg must be presets.get({NAME!r}, scale) with keys {need}")
+    reason = missing_data(cfg["data"])
+    if reason is None and not (cfg["losses"] and cfg["temperatures"] and cfg["seeds"]):
+        reason = "the selection left no students to run"
+    return [(TABLE, reason)] if reason else []
 
 
 # ------------------------------------------------------------------ per-sample summaries
@@ -147,52 +176,53 @@ def exaggeration_summary(student_logits, teacher_logits, temperature: float,
 
 def run_seed(data: dict, teacher: str, teacher_recipe, teacher_seed: int, student: str,
              student_recipe, losses: list, temperatures: list, seed: int,
-             confidence_bins: int = 10) -> dict:
-    """One sweep cell: distil every (loss, temperature) student of `seed` at once and
-    summarize fidelity and exaggeration on the test set.
+             confidence_bins: int = 10, store: str = "default",
+             torch_threads: int | None = None) -> dict:
+    """One sweep cell: every (loss, temperature) student of `seed`, distilled at once (or
+    read from the student store runs/<store>/students, `kdlib.student_store`, where another
+    notebook trained the same student), and its fidelity and exaggeration on the test set.
 
     Returns {"rows": [one dict per (loss, temperature): the distillation metrics of
     `kdlib.train.distill` plus `exaggeration_summary`]} (plain JSON values).
     """
-    from kdlib.experiments.common import load_data, teacher_cache_dir
-    from kdlib.stacked import distill_stacked
-    from kdlib.teachers import get_teacher
-    from kdlib.train import make_model, predict_logits
+    from kdlib.student_store import distill_students, teacher_id
+    from kdlib.train import predict_logits
 
     if not losses or not temperatures:
         raise ValueError("need at least one loss and one temperature")
-    ds = load_data(data)
-    t_model, _ = get_teacher(teacher, ds, recipe_from_spec(teacher_recipe),
-                             teacher_seed, cache_dir=teacher_cache_dir(), progress=False)
-    specs = [{"loss": loss, "temperature": float(t)} for loss in losses for t in temperatures]
-    students = [make_model(student, ds, seed=seed) for _ in specs]
-    records = distill_stacked(students, t_model, ds, specs,
-                              recipe_from_spec(student_recipe), seed=seed,
-                              progress=False)
-    t_logits = predict_logits(t_model, ds)
-    rows = []
-    for spec, model, rec in zip(specs, students, records):
-        s_logits = predict_logits(model, ds)
-        rows.append({**spec, **rec["metrics"],
-                     **exaggeration_summary(s_logits, t_logits, spec["temperature"],
-                                            confidence_bins)})
+    with limited_threads(torch_threads):
+        ds, t_model, _ = load_teacher(data, teacher, teacher_recipe, teacher_seed)
+        specs = [{"loss": loss, "temperature": float(t)} for loss in losses
+                 for t in temperatures]
+        found = distill_students(students_dir(store), ds, t_model,
+                                 teacher_id(data, teacher, teacher_recipe, teacher_seed),
+                                 student, student_recipe, specs, seed)
+        t_logits = predict_logits(t_model, ds)
+        rows = []
+        for spec, f in zip(specs, found):
+            rows.append({**spec, **f["record"]["metrics"],
+                         **exaggeration_summary(f["test_logits"], t_logits,
+                                                spec["temperature"], confidence_bins)})
     return {"rows": rows}
 
 
-def grid(cfg: dict) -> list[dict]:
-    """The sweep cells of a preset: one per student seed."""
+def grid(cfg: dict, scale: str = "default") -> list[dict]:
+    """The sweep cells of a preset: one per student seed (students kept in the student
+    store of `scale`; dry runs in their own)."""
     keys = ("data", "teacher", "teacher_recipe", "teacher_seed", "student", "student_recipe",
-            "losses", "temperatures", "confidence_bins")
-    return [{**{k: cfg[k] for k in keys}, "seed": s} for s in cfg["seeds"]]
+            "losses", "temperatures", "confidence_bins", "torch_threads")
+    store = run_name(scale, cfg.get("dry_run", False))
+    return [{**{k: cfg[k] for k in keys}, "seed": s, "store": store} for s in cfg["seeds"]]
 
 
 def run(cfg: dict, scale: str, progress: bool = True):
-    """Run (or resume) the sweep of a preset; returns the SweepResults."""
+    """Run (or resume) the sweep of a preset; returns the SweepResults (one record per
+    seed). Stored in runs/<scale>/fidelity_exaggeration.sqlite (dry runs apart)."""
     from kdlib import sweep
-    from kdlib.experiments.common import store_path
 
-    return sweep.run(run_seed, grid(cfg), store_path(NAME, scale), namespace=NAME,
-                     progress=progress)
+    return sweep.run(run_seed, grid(cfg, scale),
+                     store_path(NAME, scale, dry_run=cfg.get("dry_run", False)),
+                     namespace=NAME, progress=progress)
 
 
 # ------------------------------------------------------------------ tables
@@ -294,17 +324,6 @@ def fidelity_correlations(df: pd.DataFrame, pairs=FIDELITY_PAIRS, n_boot: int = 
     return pd.DataFrame(rows)
 
 
-def headline_number(value, digits: int = 3):
-    """`value` rounded to `digits` for `kdlib.report.headline`, or "n/a" when it is not a
-    finite number (e.g. a correlation over fewer than 3 cells)."""
-    digits = check_int(digits, "digits", minimum=0)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return round(value, digits) if np.isfinite(value) else "n/a"
-
-
 def exaggeration_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per loss: the share of samples where the student is more confident than the teacher
     (at T = 1 and at tau) and the mean confidence gap, averaged over temperatures and seeds,
@@ -357,3 +376,26 @@ def claims(corr: pd.DataFrame) -> pd.DataFrame:
                                  100 * float(r["hi"]), int(r["n_seeds"]), kind,
                                  tolerance=tol, unit="%", digits=0))
     return cl.claims_table(rows)
+
+
+def headline_figures(corr: pd.DataFrame, exag: pd.DataFrame) -> dict:
+    """The report's headline figures (kdlib.headline Figures), per loss: the Spearman of
+    top-1 agreement vs accuracy across temperatures (number, bootstrap interval over seeds;
+    omitted when NaN: fewer than 3 temperatures) and the share of test samples where the
+    student is more confident than the teacher at T = 1 (percent).
+    corr: fidelity_correlations(df); exag: exaggeration_table(df)."""
+    from kdlib.headline import number, percent
+
+    _need(corr, ["loss", "x", "y", "rho", "lo", "hi"])
+    _need(exag, ["loss", "exaggeration_t1"])
+    out = {}
+    rows = corr[(corr["x"] == "agreement") & (corr["y"] == "accuracy") & (corr["loss"] != "both")]
+    for _, r in rows.iterrows():
+        if np.isfinite(r["rho"]):
+            lo, hi = (r["lo"], r["hi"]) if np.isfinite(r["lo"]) and np.isfinite(r["hi"]) \
+                else (None, None)
+            out[f"Spearman agreement vs accuracy, {r['loss']}"] = number(r["rho"], lo, hi)
+    for _, r in exag.iterrows():
+        out[f"more confident than the teacher at T = 1, {r['loss']}"] = percent(
+            float(r["exaggeration_t1"]))
+    return out

@@ -100,13 +100,24 @@ def teacher_ece_curve(curve: pd.DataFrame, picks: dict | None = None, ax=None) -
     return fig
 
 
+FIGURE7_COLORS = {"kd": "tab:blue", "dist": "tab:orange", "fitnet": "tab:green",
+                  "fitnet_ce": "tab:red"}
+"""One colour per loss (KD and DIST as in kdlib.plots.beyond.LOSS_COLORS)."""
+FIGURE7_LABELS = {"fitnet": "FitNet: KD(tau) + hint", "fitnet_ce": "hint only: CE + hint",
+                  "kd": "KD(tau)", "dist": "DIST(tau)"}
+HINT_ONLY = "fitnet_ce"
+
+
 def accuracy_vs_teacher_ece(df: pd.DataFrame, losses=None) -> Figure:
-    """Two panels per loss (paper Figure 7 / Figure 2 style): left, student accuracy (%)
-    and the teacher's ECE at tau (%) against the temperature; right, student accuracy
-    against the teacher's ECE at tau. Points are seed means, bars one standard deviation.
+    """Two panels (paper Figure 7 / Figure 2 style): left, student accuracy (%) per loss and
+    the teacher's ECE at tau (%) against the temperature; right, student accuracy against
+    the teacher's ECE at tau. Points are seed means, bars one standard deviation. The
+    hint-only arm (loss "fitnet_ce": CE + hint, no temperature) is a horizontal line with
+    a +-1 sd band in both panels.
 
     df: one row per (loss, temperature, seed) with accuracy and teacher_ece_at_tau
-    (fractions), as returned by kdlib.experiments.feature_kd.run.
+    (fractions), as returned by kdlib.experiments.feature_kd.run (the hint-only rows have
+    NaN temperature and ECE).
     """
     need = ["loss", "temperature", "seed", "accuracy", "teacher_ece_at_tau"]
     missing = [c for c in need if c not in df.columns]
@@ -115,24 +126,34 @@ def accuracy_vs_teacher_ece(df: pd.DataFrame, losses=None) -> Figure:
     losses = list(dict.fromkeys(df["loss"])) if losses is None else list(losses)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     twin = left.twinx()
-    ece = df.groupby("temperature")["teacher_ece_at_tau"].mean() * 100
+    tempered = df[df["loss"] != HINT_ONLY]
+    ece = tempered.groupby("temperature")["teacher_ece_at_tau"].mean() * 100
     twin.plot(ece.index, ece.values, "k--", lw=1, label="teacher ECE at tau")
     twin.set_ylabel("teacher ECE at tau (%)")
     for i, loss in enumerate(losses):
+        color = FIGURE7_COLORS.get(loss, f"C{i + 4}")
+        label = FIGURE7_LABELS.get(loss, loss)
+        if loss == HINT_ONLY:
+            acc = df.loc[df["loss"] == loss, "accuracy"] * 100
+            mean, sd = float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
+            for ax in (left, right):
+                ax.axhline(mean, color=color, lw=1.5, label=label)
+                ax.axhspan(mean - sd, mean + sd, color=color, alpha=0.12, lw=0)
+            continue
         g = df[df["loss"] == loss].groupby("temperature")
         mean, std = g["accuracy"].mean() * 100, g["accuracy"].std(ddof=1).fillna(0) * 100
         e = g["teacher_ece_at_tau"].mean() * 100
-        left.errorbar(mean.index, mean.values, yerr=std.values, fmt="o-", color=f"C{i}",
-                      capsize=3, ms=4, label=loss)
-        right.errorbar(e.values, mean.values, yerr=std.values, fmt="o", color=f"C{i}",
-                       capsize=3, ms=5, label=loss)
+        left.errorbar(mean.index, mean.values, yerr=std.values, fmt="o-", color=color,
+                      capsize=3, ms=4, label=label)
+        right.errorbar(e.values, mean.values, yerr=std.values, fmt="o", color=color,
+                       capsize=3, ms=5, label=label)
         for t, x, y in zip(mean.index, e.values, mean.values):
             right.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(4, 3),
-                           fontsize=7, color=f"C{i}")
+                           fontsize=7, color=color)
     left.set_xlabel("temperature tau")
     left.set_ylabel("student test accuracy (%)")
     left.set_xscale("log", base=2)
-    left.set_xticks(sorted(df["temperature"].unique()))
+    left.set_xticks(sorted(tempered["temperature"].dropna().unique()))
     left.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     lines = left.get_legend_handles_labels()
     extra = twin.get_legend_handles_labels()
