@@ -2,6 +2,8 @@
 
 Commands:
     report   execute the notebooks at a scale and write HTML reports + an index
+    plan     list the runs a report would train, with GPU-hours (kdlib.commands)
+    run      like report, with the sweep cells on a Dask cluster (--executor)
 """
 
 from __future__ import annotations
@@ -64,11 +66,18 @@ def _timeout_help() -> str:
             f"'none': no limit (default: per scale: {defaults})")
 
 
-def _add_report_parser(sub) -> None:
+RUN_DESCRIPTION = (
+    "Execute notebooks like `kdlib report`, with every sweep cell sent to the Dask\n"
+    "scheduler at --executor (KDLIB_EXECUTOR, see docs/sweeps.md), so the cells spread\n"
+    "over its workers; the reports are rendered from the filled sweep stores.\n\n")
+
+
+def _add_report_parser(sub, name: str = "report") -> None:
     p = sub.add_parser(
-        "report",
-        help="execute notebooks and write HTML reports",
-        description=(
+        name,
+        help="execute notebooks and write HTML reports" if name == "report" else
+             "execute notebooks with their sweep cells on a Dask cluster",
+        description=(RUN_DESCRIPTION if name == "run" else "") + (
             "Execute notebooks (jupytext .py sources) with papermill in a fresh kernel of\n"
             "this interpreter, injecting SCALE and INTERACTIVE=False, and write\n"
             "<out>/<stem>.ipynb, <out>/<stem>.html, <out>/index.html and <out>/summary.json,\n"
@@ -85,7 +94,7 @@ def _add_report_parser(sub) -> None:
         epilog=SCALE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+    p.add_argument("notebooks", nargs="*" if name == "report" else "+", metavar="NOTEBOOK",
                    help="a .py path, a stem (00_calibration_explorer) or a number (00); "
                         "default: every NN_*.py in --notebooks-dir")
     p.add_argument("--scale", choices=SCALES, default="default",
@@ -110,7 +119,55 @@ def _add_report_parser(sub) -> None:
                    help="fail a notebook whose cell runs longer than this (default: no limit)")
     p.add_argument("--notebook-timeout", type=_notebook_timeout, default="scale",
                    metavar="SECONDS", help=_timeout_help())
+    if name == "run":
+        p.add_argument("--executor", required=True, metavar="dask://HOST:PORT",
+                       help="the Dask scheduler that runs the sweep cells")
+        p.add_argument("--resources", default=None, metavar="NAME=N",
+                       help="Dask worker resources each cell needs, e.g. GPU=1")
     p.set_defaults(func=_cmd_report, subparser=p)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _add_plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="list the runs a report would train, with GPU-hours (trains nothing)",
+        description="Print every run (teachers, assistants, students) the selected notebooks "
+                    "need at a scale, how many are cached or shared, and GPU-hours estimated "
+                    "from a throughput figure. Nothing is trained or loaded.",
+        epilog=SCALE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                   help="a stem or a number (default: every notebook)")
+    p.add_argument("--scale", choices=SCALES, default="paper",
+                   help="preset scale (default: %(default)s)")
+    p.add_argument("--select", default="", metavar="TEXT",
+                   help="the selection, as for kdlib report --select")
+    p.add_argument("--dry-run", action="store_true", help="plan the dry run's runs")
+    p.add_argument("--throughput", type=_positive_float, default=None, metavar="IMAGES_PER_S",
+                   help="training images per second of one GPU (default: kdlib.plan's "
+                        "stated estimate)")
+    p.add_argument("--csv", default=None, metavar="PATH", help="also write every run as CSV")
+    p.set_defaults(func=_cmd_plan, subparser=p)
+
+
+def _cmd_plan(args, parser) -> int:
+    from kdlib import commands
+
+    try:
+        text = commands.plan_command(args.notebooks, args.scale, args.select, args.dry_run,
+                                     args.throughput, args.csv)
+    except ValueError as err:
+        parser.error(str(err))
+    print(text)
+    return 0
 
 
 def default_out(scale: str, dry_run: bool) -> str:
@@ -151,10 +208,21 @@ def _cmd_report(args, parser) -> int:
     except OSError as err:
         parser.error(f"--out: cannot create the folder {args.out!r}: "
                      f"{err.strerror or err}")
+    env = {}
+    if getattr(args, "executor", None) is not None:
+        from kdlib import commands
+
+        try:
+            env = commands.executor_environment(args.executor, args.resources)
+        except ValueError as err:
+            parser.error(str(err))
     try:
-        results = report.run_reports(sources, args.out, args.scale, parameters,
-                                     args.cell_timeout, notebook_timeout=args.notebook_timeout,
-                                     dry_run=args.dry_run, select=args.select)
+        from kdlib.commands import with_environment
+
+        results = with_environment(
+            env, report.run_reports, sources, args.out, args.scale, parameters,
+            args.cell_timeout, notebook_timeout=args.notebook_timeout, dry_run=args.dry_run,
+            select=args.select)
     except report.StopRequested as stop:
         return 128 + stop.signum
     return 0 if all(r.status == "ok" for r in results) else 1
@@ -167,9 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SCALE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="{report}")
+    sub = parser.add_subparsers(dest="command", title="commands",
+                                metavar="{report,plan,run}")
     sub.required = True
     _add_report_parser(sub)
+    _add_plan_parser(sub)
+    _add_report_parser(sub, "run")
     return parser
 
 

@@ -11,8 +11,18 @@ kernel of the current interpreter (cwd = the notebook's folder, ``SCALE=<scale>`
     <stem>.failed.ipynb/.html     a failed, timed-out or stopped run's partial report,
                                   beside the last good one (removed by the next success)
     <stem>.failed.kernel.log      the kernel process's own log of that run, if any
+    <stem>.key.png                thumbnail of the notebook's kdlib.headline.key_figure
+    <stem>.results/               the CSV/JSONL files of kdlib.outputs (KDLIB_RESULTS_DIR
+                                  points the kernel at a staging folder; replaced whole)
     index.html, summary.json      every notebook (kdlib.report_index), rewritten after
                                   each notebook and when the run stops
+
+``dry_run=True`` / ``select=TEXT`` (``--dry-run`` / ``--select``) inject DRY_RUN=True /
+SELECT=TEXT; every selected notebook must declare them. While a notebook runs, a line
+shows its cell (i of n, heading, first line) and its tqdm bars (kdlib.report_progress):
+rewritten in place on a terminal, else printed at each cell change and at most every
+KDLIB_PROGRESS_INTERVAL_S seconds (default 10). The HTML reports load nothing from the
+network (nbconvert's lab template without its CDN scripts).
 
 Each notebook runs under a time limit (NOTEBOOK_TIMEOUT_S per scale, or
 ``notebook_timeout``). SIGINT and SIGTERM stop the run cleanly: the running kernel is shut
@@ -531,7 +541,7 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
     env = {RESULTS_ENV: str(staging), PROGRESS_ENV: str(bars), KERNEL_INFO_ENV: str(info)}
     n_cells = sum(c.get("cell_type") == "code" and bool(c.get("source", "").strip())
                   for c in nb.cells) + 1  # + papermill's injected parameters cell
-    progress = ProgressLine(log, f"{tag}: running (scale={scale})", n_cells, bars,
+    progress = ProgressLine(log, tag, n_cells, bars,
                             interval_s=progress_interval_s())
     limits = Limits(cell_timeout, notebook_timeout_s)
     managers: list = []
@@ -737,6 +747,10 @@ def run_reports(
     stopper = Stopper()
     stopper.install()
     t0 = time.perf_counter()
+    what = f"scale={scale}" + (", dry run" if dry_run else "") + (
+        f", select {select!r}" if select else "")
+    print(f"kdlib report: {len(sources)} notebook(s) ({what}) into {out}", file=log,
+          flush=True)
     try:
         for i, src in enumerate(sources, 1):
             if stopper.signum is not None:

@@ -7,8 +7,13 @@ earlier run at the same scale for notebooks not run now are kept.
 summary.json::
 
     {"scale": "smoke", "generated": "<ISO time>",
-     "run": {"state": "running" | "finished" | "stopped", ...},
+     "run": {"state": "running" | "finished" | "stopped", "dry_run", "select",
+             "kdlib_version", "git_commit", "elapsed_s", ...},
      "notebooks": [<NotebookResult as a dict>, ...]}      # sorted by name
+
+Each entry carries its headline figures, verdict lines, skipped tables, data sets, result
+files (paths relative to the folder), key-figure thumbnail and the kernel's device and
+torch thread count.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def read_bars(text: str, bars: dict | None = None) -> dict:
     return bars
 
 
-def cell_label(source: str, max_len: int = 60) -> str:
+def cell_label(source: str, max_len: int = 40) -> str:
     """The first non-empty line of a cell's source, cut to `max_len` characters."""
     for line in source.splitlines():
         line = line.strip()

@@ -326,7 +326,8 @@ def test_marks_reach_summary_index_and_files(run):
         assert img.format == "PNG" and img.width <= report.THUMBNAIL_WIDTH
     html_page = (out / "00_headline.html").read_text()
     assert f'id="{key["anchor"]}"' in html_page
-    assert "cdn" not in html_page.lower() and "require.min.js" not in html_page
+    # opens without a network: no script from anywhere, no CDN link
+    assert "<script src" not in html_page and "https://cdn" not in html_page
     index = (out / "index.html").read_text()
     assert f'<a href="00_headline.html#{key["anchor"]}"' in index
     assert '<img class="thumb" src="00_headline.key.png"' in index
@@ -337,7 +338,8 @@ def test_marks_reach_summary_index_and_files(run):
     summary = _summary(out)
     assert summary["run"]["dry_run"] is False and summary["run"]["kdlib_version"]
     # live progress (stderr is not a terminal: plain lines): the cell and the bar
-    assert "[1/3] 00_headline: running (scale=smoke)" in proc.stderr
+    assert "kdlib report: 3 notebook(s) (scale=smoke) into " in proc.stderr
+    assert "[1/3] 00_headline  " in proc.stderr
     assert "cell 4/4 (The marks) import time" in proc.stderr
     assert "| epochs: " in proc.stderr
     assert "\r" not in proc.stderr
