@@ -1,31 +1,59 @@
-"""Stacked students vs one after another: images/s per student, and the ratio.
+"""Distillation sweep throughput: students one at a time vs each stacking representation.
 
-    python benchmarks/bench_sweep.py [--students 22] [--steps 10] [--batch-size 64]
-                                     [--teacher resnet56] [--student resnet14] [--device auto]
+    python benchmarks/bench_sweep.py [--k 22] [--steps 6] [--warmup 2] [--batch-size 64]
+                                     [--teacher resnet56] [--student resnet14]
+                                     [--reps loop,vmap,wide] [--device auto] [--threads N]
+                                     [--quick]
 
-Random CIFAR-shaped data (3 x 32 x 32, 100 classes). "sequential" trains each student
-alone for --steps steps (teacher forward per student per step, as separate runs would);
-"stacked" trains all of them at once with the teacher's forward once per step. The last
-line is JSON; on CUDA it adds a projection for the paper's Table 6 protocol of one pair
-(22 students x 240 epochs x 50,000 images).
+Measures steady state at the level of ONE distillation step, written here from kdlib's
+public pieces (the training engine itself is being unified; this is the step it runs):
+teacher forward once (no grad) -> K student forwards -> KD loss of every member
+(`kdlib.losses.stacked_kd_dist`, half KD and half DIST at temperatures 1 ... 8) -> one
+backward -> one SGD step (momentum 0.9, weight decay 5e-4) over all members.
+  * single: one student alone (K = 1, plain module): what K separate runs do K times,
+    teacher forward included in every step.
+  * loop:   kdlib.stacked.make_stack(mode="loop"): the K students' forwards one after another.
+  * vmap:   kdlib.stacked.make_stack(mode="vmap"): torch.func stacked state + vmap.
+  * wide:   kdlib.wide.WideModels: one wide network, grouped convolutions.
+Data: CIFAR-shaped random images (3 x 32 x 32, 100 classes), cropped/flipped/normalised once
+into a pool of batches BEFORE timing (augmentation costs the same per step for every
+representation, so leaving it out favours "single": the ratios are conservative). Setup,
+warm-up (`--warmup` steps at the same K and shapes) and any evaluation are outside the timed
+region; each representation is timed over `--steps` steps, median step reported, with the
+process CPU time (user + sys of all threads) beside the wall time, since a shared machine
+makes wall time unreliable. On CUDA: bf16 autocast, channels_last, cudnn.benchmark, CUDA
+events, the syncs per step, the activation dtypes inside each stack, a grouped-conv
+microbenchmark and the projected GPU-hours of the paper's Table 6 protocol
+(5 pairs x 3 seeds x 22 students x 240 epochs x 50,000 images) from the best representation.
+The last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from kdlib.data import Dataset
-from kdlib.devices import resolve_device
-from kdlib.recipe import Recipe
-from kdlib.stacked import distill_stacked
-from kdlib.train import distill, make_model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kdlib.data import Dataset  # noqa: E402
+from kdlib.devices import resolve_device  # noqa: E402
+from kdlib.losses import stacked_kd_dist  # noqa: E402
+from kdlib.models import build_model  # noqa: E402
+
+TABLE6_STUDENT_IMAGES = 5 * 3 * 22 * 240 * 50_000  # pairs x seeds x students x epochs x images
+REPS = ("loop", "vmap", "wide")
 
 
 def fake_cifar(n_train: int, classes: int = 100, seed: int = 0) -> Dataset:
+    """Random uint8 CIFAR-shaped data (3 x 32 x 32) with `classes` labels (also bench_train)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n_train + 256, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, classes, (n_train + 256,), generator=g)
@@ -35,74 +63,305 @@ def fake_cifar(n_train: int, classes: int = 100, seed: int = 0) -> Dataset:
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=True, pad=4, flip=True)
 
 
+def batch_pool(n: int, batch: int, classes: int, dev, seed: int = 0):
+    """n (x, y) batches: crop (pad 4) + flip + normalise of random uint8 images, on `dev`."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.randint(0, 256, (batch, 3, 32, 32), generator=g).float().div(255)
+        off = torch.randint(0, 9, (batch, 2), generator=g)
+        flip = torch.rand(batch, generator=g) < 0.5
+        padded = F.pad(x, (4, 4, 4, 4))
+        x = torch.stack([padded[i, :, a:a + 32, b:b + 32] for i, (a, b) in enumerate(off.tolist())])
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = (x - 0.5) / 0.25
+        y = torch.randint(0, classes, (batch,), generator=g)
+        out.append((x.to(dev), y.to(dev)))
+    return out
+
+
+def build_stack(rep: str, models, dev):
+    """The K students in representation `rep` (single: the one plain module)."""
+    if rep == "single":
+        return models[0]
+    if rep == "wide":
+        from kdlib.wide import WideModels
+
+        return WideModels(models).to(dev)
+    from kdlib.stacked import make_stack
+
+    return make_stack(models, rep, dev)
+
+
+def parameters_of(stack):
+    return list(stack.parameters())
+
+
+class Step:
+    """One distillation step for `stack` (a plain module when K = 1) against `teacher`."""
+
+    def __init__(self, stack, teacher, k: int, dev):
+        self.stack, self.teacher, self.k, self.dev = stack, teacher, k, dev
+        self.opt = torch.optim.SGD(parameters_of(stack), lr=0.05, momentum=0.9,
+                                   weight_decay=5e-4)
+        temps = [1.0 + (i // 2) % 8 for i in range(k)]
+        self.taus = torch.tensor(temps, device=dev)
+        self.is_dist = torch.tensor([i % 2 == 1 for i in range(k)], device=dev)
+        self.alphas = torch.ones(k, device=dev)
+        self.plain = isinstance(stack, torch.nn.Module)
+
+    def __call__(self, x, y):
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.dev.type == "cuda"
+               else _null())
+        with amp:
+            with torch.no_grad():
+                t = self.teacher(x)
+            s = self.stack(x)
+            if self.plain:
+                s = s.unsqueeze(0)
+            losses = stacked_kd_dist(s.float(), t.float(), self.taus, self.is_dist, self.alphas,
+                                     y, check_values=False)
+        self.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        self.opt.step()
+        return losses
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def timed_steps(step, pool, warmup: int, steps: int, dev) -> dict:
+    """Median and mean wall seconds per step and CPU seconds per step (after warm-up)."""
+    for i in range(warmup):
+        step(*pool[i % len(pool)])
+    sync(dev)
+    walls = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        step(*pool[i % len(pool)])
+        sync(dev)
+        walls.append(time.perf_counter() - t0)
+    total_wall = time.perf_counter() - wall0
+    return {"median_s": statistics.median(walls), "mean_s": total_wall / steps,
+            "cpu_s": (time.process_time() - cpu0) / steps,
+            "spread": (max(walls) - min(walls)) / statistics.median(walls)}
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ops_per_step(step, pool) -> int:
+    """aten ops dispatched by one step (host-bound ceiling on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step(*pool[0])
+    return Count.n
+
+
+def activation_dtypes(stack, x, dev) -> dict:
+    """dtypes of the 4-d conv / batch-norm / elementwise outputs inside one forward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: dict = {}
+
+    class Dtypes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            r = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if isinstance(r, torch.Tensor) and r.dim() >= 4 and name in (
+                    "convolution", "native_batch_norm", "_native_batch_norm_legit", "mul",
+                    "add", "relu", "_to_copy"):
+                seen.setdefault(name, set()).add(str(r.dtype).replace("torch.", ""))
+            return r
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
+    with torch.no_grad(), Dtypes(), amp:
+        stack(x)
+    return {k: sorted(v) for k, v in seen.items()}
+
+
+def syncs_per_step(step, pool) -> int:
+    """Host-device synchronisations of one step (CUDA only)."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(*pool[0])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def grouped_conv_ms(k: int, batch: int, dev) -> dict:
+    """fwd+bwd ms of one 3x3 layer of 16 channels per student: grouped (NCHW/NHWC) vs K
+    separate convs (CUDA; bf16)."""
+    dt = torch.bfloat16
+    c, hw, reps = 16, 32, 20
+
+    def bench(fn):
+        for _ in range(3):
+            fn()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            fn()
+        e.record()
+        torch.cuda.synchronize()
+        return round(s.elapsed_time(e) / reps, 3)
+
+    out = {}
+    for fmt, name in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC")):
+        x = torch.randn(batch, k * c, hw, hw, device=dev, dtype=dt).to(memory_format=fmt)
+        w = torch.randn(k * c, c, 3, 3, device=dev, dtype=dt).to(memory_format=fmt)
+        x.requires_grad_()
+        w.requires_grad_()
+        out[f"grouped K={k} {name}"] = bench(
+            lambda x=x, w=w: F.conv2d(x, w, padding=1, groups=k).sum().backward())
+    xs = [torch.randn(batch, c, hw, hw, device=dev, dtype=dt).to(
+        memory_format=torch.channels_last).requires_grad_() for _ in range(k)]
+    ws = [torch.randn(c, c, 3, 3, device=dev, dtype=dt).to(
+        memory_format=torch.channels_last).requires_grad_() for _ in range(k)]
+    out[f"{k} separate convs NHWC"] = bench(
+        lambda: sum(F.conv2d(a, b, padding=1).sum() for a, b in zip(xs, ws)).backward())
+    return out
+
+
+def make_students(arch: str, k: int, classes: int, dev):
+    out = []
+    for seed in range(k):
+        torch.manual_seed(1000 + seed)
+        m = build_model(arch, classes).to(dev).train()
+        if dev.type == "cuda":
+            m = m.to(memory_format=torch.channels_last)
+        out.append(m)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--students", type=int, default=22)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--k", "--students", dest="k", type=int, default=22)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per representation")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first, same K")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--teacher", default="resnet56")
     ap.add_argument("--student", default="resnet14")
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--reps", default=",".join(REPS),
+                    help=f"comma-separated stacking representations out of {REPS}")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--mode", default="auto", choices=["auto", "vmap", "loop"],
-                    help="distill_stacked mode (auto: vmap on CUDA, loop on CPU)")
-    ap.add_argument("--sequential-students", type=int, default=3,
-                    help="time this many students alone and extrapolate to --students")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default); 1 gives CPU times free of "
+                         "OpenMP spin-waiting on a crowded machine")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: K=3, batch 16, 2 steps, 1 warm-up")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.k, args.batch_size, args.steps, args.warmup = 3, 16, 2, 1
+    reps = [r for r in args.reps.split(",") if r]
+    bad = sorted(set(reps) - set(REPS))
+    if bad or args.k < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 2:
+        ap.error(f"need reps out of {REPS} (got unknown {bad}), k >= 1, steps >= 1, "
+                 f"warmup >= 0, batch size >= 2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
-    data = fake_cifar(args.steps * args.batch_size)
-    recipe = Recipe(epochs=1, batch_size=args.batch_size, lr=0.05)
-    teacher = make_model(args.teacher, data, seed=0).to(dev).eval()
-    temps = [1.0, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8]
-    specs = [{"loss": ("kd", "dist")[i % 2], "temperature": float(temps[(i // 2) % len(temps)])}
-             for i in range(args.students)]
-    images = args.steps * args.batch_size
-
-    # warm-up (allocator, kernels) on a couple of steps
-    warm = fake_cifar(2 * args.batch_size)
-    distill_stacked([make_model(args.student, warm, seed=0) for _ in range(2)], teacher, warm,
-                    specs[:2], recipe, device=dev, progress=False, mode=args.mode)
-    distill(make_model(args.student, warm, seed=0), teacher, warm, "kd", 4.0, recipe, device=dev,
-            progress=False, eval_every=0)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    n_seq = args.sequential_students or args.students
-    sync()
-    t0 = time.perf_counter()
-    for spec in specs[:n_seq]:
-        distill(make_model(args.student, data, seed=1), teacher, data, spec["loss"],
-                spec["temperature"], recipe, device=dev, progress=False, eval_every=0)
-    sync()
-    seq = (time.perf_counter() - t0) * args.students / n_seq
-
-    students = [make_model(args.student, data, seed=1) for _ in specs]
-    sync()
-    t0 = time.perf_counter()
-    distill_stacked(students, teacher, data, specs, recipe, device=dev, progress=False,
-                    mode=args.mode)
-    sync()
-    stk = time.perf_counter() - t0
-
-    out = {"device": str(dev), "mode": args.mode, "students": args.students, "steps": args.steps,
-           "batch_size": args.batch_size, "teacher": args.teacher, "student": args.student,
-           "threads": torch.get_num_threads(),
-           "sequential_s": round(seq, 3), "stacked_s": round(stk, 3),
-           # each student sees `images` images during the whole job's time
-           "sequential_img_per_s_per_student": round(images / seq, 1),
-           "stacked_img_per_s_per_student": round(images / stk, 1),
-           "sequential_img_per_s_total": round(images * args.students / seq, 1),
-           "stacked_img_per_s_total": round(images * args.students / stk, 1),
-           "ratio": round(seq / stk, 2)}
     if dev.type == "cuda":
-        per_image = stk / images  # seconds per image for all students together
-        out["projected_table6_pair_minutes"] = round(per_image * 240 * 50_000 / 60, 1)
-    print(f"sequential: {out['sequential_img_per_s_per_student']} img/s per student, "
-          f"{out['sequential_img_per_s_total']} img/s over all students")
-    print(f"stacked:    {out['stacked_img_per_s_per_student']} img/s per student, "
-          f"{out['stacked_img_per_s_total']} img/s over all students")
-    print(f"ratio:      {out['ratio']}x")
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    teacher = build_model(args.teacher, args.classes).to(dev).eval()
+    if dev.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    pool = batch_pool(4, args.batch_size, args.classes, dev)
+    if dev.type == "cuda":
+        pool = [(x.to(memory_format=torch.channels_last), y) for x, y in pool]
+
+    results, extra = {}, {}
+    for rep in ["single", *reps]:
+        k = 1 if rep == "single" else args.k
+        try:
+            stack = build_stack(rep, make_students(args.student, k, args.classes, dev), dev)
+            step = Step(stack, teacher, k, dev)
+            r = timed_steps(step, pool, args.warmup, args.steps, dev)
+            r["student_img_per_s"] = k * args.batch_size / r["median_s"]
+            r["student_img_per_cpu_s"] = k * args.batch_size / r["cpu_s"]
+            info = {"ops_per_step": ops_per_step(step, pool)}
+            if rep != "single":
+                info["activation_dtypes"] = activation_dtypes(stack, pool[0][0], dev)
+            if dev.type == "cuda":
+                info["syncs_per_step"] = syncs_per_step(step, pool)
+                info["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                torch.cuda.reset_peak_memory_stats()
+            results[rep], extra[rep] = r, info
+        except Exception as err:  # a representation that fails is reported, not fatal
+            results[rep] = {"error": f"{type(err).__name__}: {err}"[:300]}
+        finally:
+            stack = step = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+    base = results["single"].get("student_img_per_s")
+    base_cpu = results["single"].get("student_img_per_cpu_s")
+    out = {"device": str(dev), "name": torch.cuda.get_device_name() if dev.type == "cuda"
+           else "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "k": args.k, "batch_size": args.batch_size, "steps": args.steps,
+           "warmup": args.warmup, "teacher": args.teacher, "student": args.student,
+           "level": "one distillation step from kdlib's public pieces (not the engine)",
+           "results": {}}
+    print(f"{args.k} x {args.student} from {args.teacher}, batch {args.batch_size}, "
+          f"{dev}, {torch.get_num_threads()} threads; median of {args.steps} steps")
+    print(f"{'':8s} {'s/step':>8s} {'cpu s':>8s} {'img/s':>9s} {'img/cpu-s':>10s} "
+          f"{'ratio':>6s} {'cpu ratio':>9s} {'ops':>6s}")
+    for rep, r in results.items():
+        if "error" in r:
+            print(f"{rep:8s} failed: {r['error']}")
+            out["results"][rep] = r
+            continue
+        ratio = r["student_img_per_s"] / base if base else None
+        cpu_ratio = r["student_img_per_cpu_s"] / base_cpu if base_cpu else None
+        row = {"s_per_step": round(r["median_s"], 4), "mean_s_per_step": round(r["mean_s"], 4),
+               "cpu_s_per_step": round(r["cpu_s"], 4), "spread": round(r["spread"], 3),
+               "student_img_per_s": round(r["student_img_per_s"], 1),
+               "student_img_per_cpu_s": round(r["student_img_per_cpu_s"], 1),
+               "ratio": None if ratio is None else round(ratio, 2),
+               "cpu_ratio": None if cpu_ratio is None else round(cpu_ratio, 2), **extra[rep]}
+        out["results"][rep] = row
+        print(f"{rep:8s} {row['s_per_step']:8.3f} {row['cpu_s_per_step']:8.3f} "
+              f"{row['student_img_per_s']:9.1f} {row['student_img_per_cpu_s']:10.1f} "
+              f"{row['ratio'] or 0:6.2f} {row['cpu_ratio'] or 0:9.2f} {row['ops_per_step']:6d}")
+    stacked = {rep: r for rep, r in out["results"].items() if rep != "single" and "error" not in r}
+    if stacked:
+        best = max(stacked, key=lambda rep: stacked[rep]["student_img_per_s"])
+        out["best"] = best
+        print(f"best stacking representation: {best} "
+              f"({stacked[best]['ratio']}x one-at-a-time)")
+        if dev.type == "cuda":
+            rate = stacked[best]["student_img_per_s"]
+            out["projected_table6_gpu_hours"] = round(TABLE6_STUDENT_IMAGES / rate / 3600, 2)
+            if base:
+                out["projected_table6_gpu_hours_one_at_a_time"] = round(
+                    TABLE6_STUDENT_IMAGES / base / 3600, 1)
+            out["grouped_conv_fwd_bwd_ms"] = grouped_conv_ms(args.k, args.batch_size, dev)
+            print(f"projected Table 6 protocol: {out['projected_table6_gpu_hours']} GPU-hours "
+                  f"({best}); one at a time: "
+                  f"{out.get('projected_table6_gpu_hours_one_at_a_time')}")
     print(json.dumps(out))
 
 
