@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from kdlib import presets
+from kdlib.analysis import paired_difference
 from kdlib.experiments import early_stopped_teacher as es
 from kdlib.paper import paper_table
-from kdlib.recipe import Recipe, recipe_from_spec
+from kdlib.recipe import recipe_from_spec
 
 matplotlib.use("Agg")
 
@@ -22,8 +23,9 @@ matplotlib.use("Agg")
 def test_presets_build_valid_grids(scale):
     cfg = presets.get(es.NAME, scale)
     grid = es.student_grid(cfg)
-    per_pair = (len(cfg["checkpoints"]) + 2) * len(cfg["seeds"])
-    assert len(grid) == per_pair * len(cfg["pairs"])
+    # per pair and seed: one cell per distinct early epoch, the final and the few-trained
+    n = sum((len({e["epoch"] for e in p["early"]}) + 2) for p in cfg["pairs"])
+    assert len(grid) == n * len(cfg["seeds"])
     assert len(es.curve_grid(cfg)) == len({p["teacher"] for p in cfg["pairs"]})
     finals = [c for c in grid if c["checkpoint"] is None and c["training"] == "full"]
     assert all(c["temperatures"] == sorted(set(cfg["eskd_taus"]) | set(cfg["few_taus"]))
@@ -36,21 +38,66 @@ def test_presets_build_valid_grids(scale):
 
 def test_paper_preset_is_the_papers_setting():
     p = presets.get(es.NAME, "paper")
-    assert recipe_from_spec(p["full_recipe"]) == Recipe.preset("paper")
+    full = recipe_from_spec(p["full_recipe"])
+    # the 200-epoch schedule (not the 240-epoch CRD/RepDistiller recipe)
+    assert (full.epochs, full.lr, full.milestones, full.checkpoint_every) == (
+        200, 0.05, (100, 150, 180), 10)
     few = recipe_from_spec(p["few_recipe"])
-    assert few.epochs == 100 and few.milestones[0] == 50
-    assert p["checkpoints"] == [130, 140, 200] and p["few_taus"] == [1.6, 3.0, 4.0]
-    assert {(x["teacher"], x["student"]) for x in p["pairs"]} == {
-        ("wrn_16_3", "wrn_16_1"), ("wrn_28_3", "wrn_28_1")}
+    # the few-trained teacher is that schedule halved: 100 epochs, decay from epoch 50
+    assert few.epochs == 100 and few.milestones == (50, 75, 90)
+    assert recipe_from_spec(p["distill_recipe"]).epochs == 200
+    assert p["few_taus"] == [1.6, 3.0, 4.0] and p["eskd_taus"] == [1.0, 1.6]
+    early = {(x["teacher"], e["tau"]): e["epoch"] for x in p["pairs"] for e in x["early"]}
+    # Table 4: 140 vs 200, but 130 vs 200 for WRN-28-3 at tau 1.0
+    assert early == {("wrn_16_3", 1.0): 140, ("wrn_16_3", 1.6): 140,
+                     ("wrn_28_3", 1.0): 130, ("wrn_28_3", 1.6): 140}
+    cells = {(c["teacher"], c["checkpoint"], tuple(c["temperatures"]))
+             for c in es.student_grid(p) if c["training"] == "full"}
+    assert ("wrn_28_3", 130, (1.0,)) in cells and ("wrn_28_3", 140, (1.6,)) in cells
+    assert ("wrn_16_3", 140, (1.0, 1.6)) in cells
+    # the default preset mirrors it at 1/10 of the epochs
+    d = presets.get(es.NAME, "default")
+    assert recipe_from_spec(d["full_recipe"]).milestones == (10, 15, 18)
+    assert {e["epoch"] for e in d["pairs"][0]["early"]} == {14}
+
+
+def test_dry_run_maps_checkpoints_onto_the_cut_recipe():
+    p = presets.get(es.NAME, "paper", dry_run=True)
+    full = recipe_from_spec(p["full_recipe"])
+    assert (full.epochs, full.checkpoint_every, full.milestones) == (2, 1, ())
+    assert {e["epoch"] for x in p["pairs"] for e in x["early"]} == {1}
+    assert recipe_from_spec(p["few_recipe"]).epochs == 1
+    grid = es.student_grid(p)
+    assert {c["checkpoint"] for c in grid} == {1, None} and p["seeds"] == [0]
+
+
+def test_selection_and_skipped_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    p = presets.get(es.NAME, "paper", select="table=4")
+    assert p["few_taus"] is None
+    grid = es.student_grid(p)
+    assert {c["training"] for c in grid} == {"full"}
+    assert all(c["temperatures"] == [1.0, 1.6] or c["checkpoint"] is not None for c in grid)
+    # no CIFAR-100 in the data folder: every table skipped (naming the file), nothing run
+    reasons = es.skipped_tables(presets.get(es.NAME, "paper"))
+    assert [t for t, _ in reasons] == ["4", "5", "8"] and "cifar-100" in reasons[0][1]
+    curve, students = es.run(presets.get(es.NAME, "paper"), "paper", progress=False)
+    assert curve.empty and students.empty
+    assert [t for t, _ in es.skipped_tables(p)] == ["4", "5", "8"]
 
 
 def test_config_errors():
     cfg = presets.get(es.NAME, "default")
+    pair = cfg["pairs"][0]
     with pytest.raises(ValueError, match="not saved"):
-        es.student_grid(dict(cfg, checkpoints=[19]))
+        es.student_grid(dict(cfg, pairs=[{**pair, "early": [{"tau": 1.0, "epoch": 13},
+                                                            {"tau": 1.6, "epoch": 14}]}]))
     with pytest.raises(ValueError, match="not saved"):
-        es.student_grid(dict(cfg, checkpoints=[32]))
-    with pytest.raises(ValueError, match="checkpoint_every"):
+        es.student_grid(dict(cfg, pairs=[{**pair, "early": [{"tau": 1.0, "epoch": 20},
+                                                            {"tau": 1.6, "epoch": 14}]}]))
+    with pytest.raises(ValueError, match="cover taus"):
+        es.student_grid(dict(cfg, pairs=[{**pair, "early": [{"tau": 1.0, "epoch": 14}]}]))
+    with pytest.raises(ValueError, match="not saved"):
         es.student_grid(dict(cfg, full_recipe={"epochs": 30}))
     with pytest.raises(ValueError, match="lacks"):
         es.curve_grid({k: v for k, v in cfg.items() if k != "pairs"})
@@ -65,23 +112,23 @@ def test_paired_difference_hand_values():
     df = pd.DataFrame({"training": ["few"] * 3 + ["full"] * 4,
                        "seed": [0, 1, 2, 0, 1, 2, 3],
                        "acc": [3.0, 5.0, 7.0, 2.0, 3.0, 4.0, 9.0]})
-    d = es.paired_difference(df, "acc", "training", "few", "full").iloc[0]
+    d = paired_difference(df, "acc", "training", "few", "full").iloc[0]
     # diffs 1, 2, 3 (seed 3 has no partner): mean 2, std 1, t(0.975, 2) = 4.302653
     assert d["diff"] == pytest.approx(2.0) and d["std"] == pytest.approx(1.0)
     assert d["n"] == 3
     assert d["hi"] - d["diff"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
     assert d["diff"] - d["lo"] == pytest.approx(d["hi"] - d["diff"])
-    one = es.paired_difference(df[df.seed == 0], "acc", "training", "few", "full").iloc[0]
+    one = paired_difference(df[df.seed == 0], "acc", "training", "few", "full").iloc[0]
     assert one["diff"] == 1.0 and pd.isna(one["lo"]) and one["n"] == 1
     with pytest.raises(ValueError, match="several rows"):
-        es.paired_difference(pd.concat([df, df]), "acc", "training", "few", "full")
+        paired_difference(pd.concat([df, df]), "acc", "training", "few", "full")
 
 
 def test_paired_difference_by_group():
     df = pd.DataFrame({"training": ["few", "full"] * 4, "tau": [1.0] * 4 + [4.0] * 4,
                        "seed": [0, 0, 1, 1, 0, 0, 1, 1],
                        "acc": [5, 4, 6, 4, 1, 2, 1, 3]})
-    d = es.paired_difference(df, "acc", "training", "few", "full", groups=["tau"])
+    d = paired_difference(df, "acc", "training", "few", "full", groups=["tau"])
     assert list(d["tau"]) == [1.0, 4.0]
     assert list(d["diff"]) == [1.5, -1.5]
 
@@ -181,9 +228,10 @@ def test_curve_wide():
 def test_run_end_to_end(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
     cfg = {"data": {"name": "digits", "seed": 0, "subset_train": 120, "subset_test": 60},
-           "pairs": [{"teacher": "resnet8", "student": "resnet8"}], "teacher_seed": 0,
+           "pairs": [{"teacher": "resnet8", "student": "resnet8",
+                      "early": [{"tau": 1.0, "epoch": 1}]}], "teacher_seed": 0,
            "full_recipe": {"epochs": 2, "checkpoint_every": 1}, "few_recipe": {"epochs": 1},
-           "distill_recipe": {"epochs": 1}, "curve_taus": [1.0, 2.0], "checkpoints": [1],
+           "distill_recipe": {"epochs": 1}, "curve_taus": [1.0, 2.0],
            "eskd_taus": [1.0], "few_taus": [2.0], "seeds": [0]}
     curve, st = es.run(cfg, "smoke", progress=False)
     assert sorted(curve["epoch"].unique()) == [1, 2] and len(curve) == 4
@@ -229,3 +277,52 @@ def test_plots():
     plt.close(fig)
     with pytest.raises(ValueError, match="empty"):
         plot_few_vs_full(t5.iloc[:0])
+
+
+def _students_frame():
+    """Two seeds of a WRN-16-3 -> WRN-16-1 pair: early (140) and final (200) at tau 1.0,
+    final and few-trained at tau 1.6; accuracies chosen by hand."""
+    rows = []
+    for s, (early, final, few, final16) in enumerate([(0.6712, 0.6731, 0.6862, 0.6801),
+                                                      (0.6722, 0.6721, 0.6872, 0.6791)]):
+        for training, epoch, is_final, tau, acc, ece in (
+                ("full", 140, False, 1.0, early, 0.0726), ("full", 200, True, 1.0, final, 0.072),
+                ("full", 200, True, 1.6, final16, 0.0789), ("few", 100, True, 1.6, few, 0.0748)):
+            rows.append({"teacher": "wrn_16_3", "student": "wrn_16_1", "training": training,
+                         "teacher_epoch": epoch, "final": is_final, "temperature": tau,
+                         "seed": s, "teacher_accuracy": 0.7517 if training == "full" else 0.7428,
+                         "teacher_ece": 0.05, "teacher_ece_at_tau": ece,
+                         "student_accuracy": acc, "student_ece": 0.1, "student_nll": 1.0,
+                         "agreement": 0.8})
+    return pd.DataFrame(rows)
+
+
+def test_aligned_tables_4_and_5_hand_values():
+    st = _students_frame()
+    a4 = es.aligned_table4(st, [1.0]).set_index(["checkpoint_epoch", "metric"])
+    r = a4.loc[(140, "student_accuracy")]
+    assert (r.teacher, r.student, r.tau) == ("WRN-16-3", "WRN-16-1", 1.0)
+    assert r["paper (%)"] == pytest.approx(67.12)
+    assert r["ours mean (%)"] == pytest.approx(67.17) and r["n seeds"] == 2
+    assert r["ours - paper (points)"] == pytest.approx(0.05)
+    e = a4.loc[(200, "teacher_ece_at_tau")]
+    assert e["paper (%)"] == pytest.approx(7.2) and e["ours mean (%)"] == pytest.approx(7.2)
+    a5 = es.aligned_table5_8(st, [1.6]).set_index(["training", "metric"])
+    assert a5.loc[("few", "student_accuracy"), "paper (%)"] == pytest.approx(68.62)
+    assert a5.loc[("few", "student_accuracy"), "ours mean (%)"] == pytest.approx(68.67)
+    assert a5.loc[("full", "teacher_accuracy"), "ours - paper (points)"] == pytest.approx(0.0)
+    assert es.aligned_table4(st, None).empty
+
+
+def test_headline_figures_hand_values():
+    from kdlib.headline import headline_bundle
+
+    figs = es.headline_figures(_students_frame(), [1.0], [1.6])
+    d = figs["student acc, epoch 140 - final teacher, wrn_16_3 tau 1"]
+    # per seed: -0.19 and +0.01 points -> mean -0.09 points
+    assert d.value == pytest.approx(-0.0009) and d.unit == "points"
+    f = figs["student acc, few - full-trained teacher, wrn_16_3 tau 1.6"]
+    assert f.value == pytest.approx(0.0071)  # +0.61 and +0.81 points
+    assert figs["teacher ECE at tau 1.6, few-trained wrn_16_3"].value == pytest.approx(0.0748)
+    headline_bundle(**figs)
+    assert es.headline_figures(_students_frame(), None, None) == {}

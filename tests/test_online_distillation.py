@@ -254,3 +254,50 @@ def test_claims_paired_by_seed():
     assert od.claims(_df())["ours"].tolist() == ["2.00 pp", "-1.00 pp"]
     with pytest.raises(ValueError, match="columns"):
         od.claims(pd.DataFrame(rows).drop(columns="mode"))
+
+
+def test_paper_preset_uses_the_200_epoch_schedule_and_dry_run_maps_it():
+    from kdlib import presets
+
+    p = presets.get(od.NAME, "paper")
+    t, s = recipe_from_spec(p["teacher_recipe"]), recipe_from_spec(p["student_recipe"])
+    assert (t.epochs, t.milestones, t.checkpoint_every) == (200, (100, 150, 180), 10)
+    assert s.epochs == 200 and s.milestones == t.milestones and p["early_epoch"] == 140
+    # the early teacher is a stage checkpoint, after the first decay
+    assert p["early_epoch"] % t.checkpoint_every == 0 and p["early_epoch"] > t.milestones[0]
+    d = presets.get(od.NAME, "default")
+    assert recipe_from_spec(d["teacher_recipe"]).milestones == (10, 15, 18)
+    assert d["early_epoch"] == 14
+    dry = presets.get(od.NAME, "paper", dry_run=True)
+    td, sd = recipe_from_spec(dry["teacher_recipe"]), recipe_from_spec(dry["student_recipe"])
+    assert (td.epochs, td.checkpoint_every, sd.epochs, dry["early_epoch"]) == (2, 1, 2, 1)
+    assert od.teacher_schedule("early", [1, 2], dry["early_epoch"]) == [(1, 1), (2, 1)]
+
+
+def test_skipped_tables(tmp_path, monkeypatch):
+    from kdlib import presets
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    why = od.skipped_tables(presets.get(od.NAME, "paper"))
+    assert [t for t, _ in why] == ["online distillation"] and "cifar-100" in why[0][1]
+    assert od.skipped_tables(presets.get(od.NAME, "default")) == []
+
+
+def test_headline_figures_hand_values():
+    from kdlib.headline import headline_bundle
+
+    rows = []
+    for seed, (on, fi, ea) in enumerate([(0.80, 0.78, 0.79), (0.82, 0.79, 0.78)]):
+        for mode, acc in (("online", on), ("final", fi), ("early", ea)):
+            rows.append({"seed": seed, "mode": mode, "loss": "kd", "temperature": 4.0,
+                         "accuracy": acc})
+    traj = pd.DataFrame([{"epoch": 20, "temperature": 1.0, "ece_at_tau": 0.031},
+                         {"epoch": 10, "temperature": 1.0, "ece_at_tau": 0.02}])
+    figs = od.headline_figures(pd.DataFrame(rows), traj)
+    on = figs["online - final teacher's student, kd T=4"]
+    # +2 and +3 points: mean 2.5, t-interval 2.5 +- 12.706 * 0.7071 / sqrt(2)
+    assert on.value == pytest.approx(0.025)
+    assert on.low == pytest.approx(0.025 - 12.706204736 * 0.0070710678 / 2 ** 0.5)
+    assert figs["early - final teacher's student, kd T=4"].value == pytest.approx(0.0)
+    assert figs["final teacher ECE at T=1"].value == pytest.approx(0.031)
+    headline_bundle(**figs)
