@@ -503,12 +503,16 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
              cell_timeout: int | None, notebook_timeout_s: float | None, log: TextIO,
              stopper: Stopper, tag: str | None = None, t0: float | None = None
              ) -> NotebookResult:
+    import logging
     import shutil
 
     import jupytext
     import nbformat
     import papermill
 
+    # papermill re-parses the parameters cell to infer types and warns about lines it
+    # cannot read (comments with quotes); the runner has checked the cell itself
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
     stem = source.stem
     tag = tag or stem
     params = {"SCALE": scale, "INTERACTIVE": False, **parameters}

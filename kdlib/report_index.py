@@ -127,7 +127,7 @@ table { border-collapse: collapse; width: 100%; table-layout: fixed; }
 th, td { border-top: 1px solid #ddd; padding: 0.5em 0.6em; text-align: left;
          vertical-align: top; overflow-wrap: anywhere; }
 th { background: #f3f3f3; font-weight: 600; }
-col.nb { width: 12%; } col.fig { width: 250px; } col.verdict { width: 30%; }
+col.nb { width: 16%; } col.fig { width: 250px; } col.verdict { width: 28%; }
 col.head { width: 22%; }
 img.thumb { width: 236px; max-width: 100%; border: 1px solid #ddd; display: block; }
 .ok { color: #176317; font-weight: bold; }
@@ -173,7 +173,7 @@ def clock(seconds: float) -> str:
 
 def _links(e: dict) -> str:
     esc = html.escape
-    name = esc(e["name"])
+    name = esc(e["name"]).replace("_", "_<wbr>")  # long names break after an underscore
     link = f'<a href="{esc(e["html"])}"><b>{name}</b></a>' if e.get("html") else f"<b>{name}</b>"
     if e.get("ipynb"):
         link += f' <small>(<a href="{esc(e["ipynb"])}">ipynb</a>)</small>'

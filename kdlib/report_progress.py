@@ -213,7 +213,7 @@ class ProgressLine:
             return
         source = cell.get("source", "")
         if cell.get("cell_type") == "markdown":
-            self.section = heading(source) or self.section
+            self.section = cell_label(heading(source) or "", 40) or self.section
             return
         if cell.get("cell_type") != "code" or not source.strip():
             return

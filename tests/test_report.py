@@ -389,7 +389,7 @@ def test_headline_figures_in_summary_and_index(run):
     assert "top1: <b>97.12% [96.80, 97.40]</b>" in index
     for stem in NOTEBOOKS:
         page = f"{stem}.failed.html" if stem == "01_raises" else f"{stem}.html"
-        assert f'<a href="{page}"><b>{stem}</b></a>' in index
+        assert f'<a href="{page}"><b>{stem.replace("_", "_<wbr>")}</b></a>' in index
     assert "accuracy: <b>0.970</b>" in index
     assert "ECE (teacher): <b>0.120</b>" in index
     assert index.count('class="ok">ok<') == 2

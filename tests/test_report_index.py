@@ -28,7 +28,7 @@ def test_write_index_merges_earlier_entries_and_records_the_run(tmp_path):
     assert summary["run"] == run and summary["notebooks"] == rows
     page = (tmp_path / "index.html").read_text()
     assert "Run stopped by SIGTERM; not run (earlier entries, if any, kept): 02_c." in page
-    assert '<a href="01_b.failed.html"><b>01_b</b></a>' in page
+    assert '<a href="01_b.failed.html"><b>01_<wbr>b</b></a>' in page
     assert 'last ok report: <a href="01_b.html">01_b.html</a>' in page
     assert 'class="stopped">stopped<' in page and "In [3]: Stopped: stopped by SIGTERM" in page
     assert "<dt>notebooks</dt><dd>1 of 2 ok</dd>" in page
