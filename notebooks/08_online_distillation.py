@@ -89,9 +89,7 @@ print(f"scale={SCALE}{' (dry run)' if DRY_RUN else ''}: teacher {cfg['teacher']}
 # final teacher).
 
 # %%
-traj = od.teacher_trajectory(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
-                             cfg["teacher_seed"], cfg["trajectory_temperatures"]) if RUN \
-    else pd.DataFrame(columns=["epoch", "temperature", "accuracy", "ece_at_tau", "nll_at_tau"])
+traj = od.trajectory(cfg)
 save_frame("teacher_trajectory", traj)
 if RUN:
     fig = beyond.teacher_trajectory(traj, cfg["early_epoch"])

@@ -40,6 +40,8 @@ The students of one teacher (checkpoint) and seed are trained together with
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 
@@ -66,6 +68,25 @@ DEFAULT_FEW_RECIPE = {"epochs": 10, "batch_size": 64, "lr": 0.05, "milestones": 
                       "checkpoint_every": 0}
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` torch CPU threads (an int >= 1), restoring the old count after;
+    None leaves torch's setting. One thread is the fast choice for the small default-scale
+    networks on a shared 2-core machine (two threads there were measured many times slower)."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    n = check_int(n, "torch_threads", minimum=1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _pair(teacher: str, student: str, early: dict) -> dict:
     """A pair with its selection name and its early checkpoint epoch per tau
     ({tau: epoch}, stored as a list of {"tau", "epoch"} so that it stays plain JSON)."""
@@ -85,6 +106,7 @@ presets.register(NAME, {
         "eskd_taus": [1.0, 1.6],
         "few_taus": [1.6, 4.0],
         "seeds": [0],
+        "torch_threads": 1,
     },
     "default": {
         "data": {"name": "digits", "seed": 0},
@@ -97,6 +119,7 @@ presets.register(NAME, {
         "eskd_taus": [1.0, 1.6],
         "few_taus": [1.6, 3.0, 4.0],
         "seeds": [0, 1, 2],
+        "torch_threads": 1,
     },
     "paper": {
         "data": {"name": "cifar100", "seed": 0},
@@ -111,6 +134,7 @@ presets.register(NAME, {
         "eskd_taus": [1.0, 1.6],
         "few_taus": [1.6, 3.0, 4.0],
         "seeds": [0, 1, 2],
+        "torch_threads": None,  # torch's own choice on the GPU machine
     },
 }, tables={"4": ["eskd_taus", "curve_taus"], "5": ["few_taus"], "8": ["few_taus"]},
     dry_run=lambda cfg: dry_run_hook(cfg))
@@ -121,8 +145,9 @@ TABLES = ("4", "5", "8")
 def dry_run_hook(cfg: dict) -> dict:
     """Map the epoch-tied values onto the dry-run cut: the full teacher trains 2 epochs with
     a checkpoint every epoch, so the early checkpoint (140 or 130 of 200) becomes epoch 1 and
-    the final (200) epoch 2; the few-trained teacher (100) keeps the cut's 1 epoch."""
-    out = dict(cfg)
+    the final (200) epoch 2; the few-trained teacher (100) keeps the cut's 1 epoch. The dry
+    run is a CPU check: one torch thread."""
+    out = dict(cfg, torch_threads=1)
     if isinstance(cfg.get("full_recipe"), dict):
         out["full_recipe"] = {**cfg["full_recipe"], "epochs": 2, "checkpoint_every": 1,
                               "milestones": []}
@@ -318,10 +343,11 @@ def run(cfg: dict, scale: str, progress: bool = True) -> tuple[pd.DataFrame, pd.
         return curve_frame([]), students_frame([])
     store = store_path(NAME, scale, dry_run=bool(cfg.get("dry_run", False)))
     cg, sg = curve_grid(cfg), student_grid(cfg)
-    curve = sweep.run(checkpoint_curve, cg, store, namespace="curve",
-                      progress=progress) if cg else []
-    studs = sweep.run(distill_from_teacher, sg, store, namespace="students",
-                      progress=progress) if sg else []
+    with torch_threads(cfg.get("torch_threads")):
+        curve = sweep.run(checkpoint_curve, cg, store, namespace="curve",
+                          progress=progress) if cg else []
+        studs = sweep.run(distill_from_teacher, sg, store, namespace="students",
+                          progress=progress) if sg else []
     return curve_frame(curve), students_frame(studs)
 
 

@@ -41,7 +41,11 @@ import pandas as pd
 
 from kdlib import calibration, presets
 from kdlib._validate import check_choice, check_int
-from kdlib.experiments.early_stopped_teacher import DEFAULT_FULL_RECIPE, PAPER_200_RECIPE
+from kdlib.experiments.early_stopped_teacher import (
+    DEFAULT_FULL_RECIPE,
+    PAPER_200_RECIPE,
+    torch_threads,
+)
 from kdlib.recipe import Recipe, recipe_from_spec
 
 NAME = "online_distillation"
@@ -61,6 +65,7 @@ presets.register(NAME, {
         "temperatures": [4.0],
         "seeds": [0],
         "trajectory_temperatures": [1.0, 4.0],
+        "torch_threads": 1,
     },
     "default": {
         "data": {"name": "digits"},
@@ -75,6 +80,7 @@ presets.register(NAME, {
         "temperatures": [1.0, 4.0],
         "seeds": [0, 1, 2],
         "trajectory_temperatures": [1.0, 2.0, 4.0, 8.0],
+        "torch_threads": 1,
     },
     "paper": {
         "data": {"name": "cifar100"},
@@ -89,6 +95,7 @@ presets.register(NAME, {
         "temperatures": [1.0, 4.0],
         "seeds": [0, 1, 2],
         "trajectory_temperatures": [1.0, 1.5, 2.0, 4.0, 8.0],
+        "torch_threads": None,  # torch's own choice on the GPU machine
     },
 }, dry_run=lambda cfg: dry_run_hook(cfg))
 
@@ -96,8 +103,8 @@ presets.register(NAME, {
 def dry_run_hook(cfg: dict) -> dict:
     """Map the epoch-tied values onto the dry-run cut: teacher and student train 2 epochs,
     the teacher with a checkpoint every epoch (2 stages), the early teacher (epoch 140 of
-    200) is the epoch-1 checkpoint."""
-    out = dict(cfg)
+    200) is the epoch-1 checkpoint. The dry run is a CPU check: one torch thread."""
+    out = dict(cfg, torch_threads=1)
     for key, every in (("teacher_recipe", 1), ("student_recipe", 0)):
         if isinstance(cfg.get(key), dict):
             out[key] = {**cfg[key], "epochs": 2, "milestones": [], "checkpoint_every": every}
@@ -233,6 +240,17 @@ def teacher_trajectory(data: dict, teacher: str, teacher_recipe, teacher_seed: i
     return pd.DataFrame(rows)
 
 
+def trajectory(cfg: dict) -> pd.DataFrame:
+    """teacher_trajectory of a preset (with its torch_threads), or an empty frame with the
+    same columns when the data set is missing (`skipped_tables`)."""
+    cols = ["epoch", "temperature", "accuracy", "ece_at_tau", "nll_at_tau"]
+    if skipped_tables(cfg):
+        return pd.DataFrame(columns=cols)
+    with torch_threads(cfg.get("torch_threads")):
+        return teacher_trajectory(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
+                                  cfg["teacher_seed"], cfg["trajectory_temperatures"])
+
+
 # ------------------------------------------------------------------ the sweep cell
 
 
@@ -286,7 +304,8 @@ def run(cfg: dict, scale: str, progress: bool = True):
     from kdlib.experiments.common import store_path
 
     store = store_path(NAME, scale, dry_run=bool(cfg.get("dry_run", False)))
-    return sweep.run(run_seed, grid(cfg), store, namespace=NAME, progress=progress)
+    with torch_threads(cfg.get("torch_threads")):
+        return sweep.run(run_seed, grid(cfg), store, namespace=NAME, progress=progress)
 
 
 # ------------------------------------------------------------------ tables

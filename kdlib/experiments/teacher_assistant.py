@@ -56,7 +56,7 @@ import pandas as pd
 from kdlib import presets
 from kdlib._validate import check_int, check_positive
 from kdlib.analysis import bootstrap_spearman, paired_difference, spearman
-from kdlib.experiments.early_stopped_teacher import DEFAULT_FULL_RECIPE
+from kdlib.experiments.early_stopped_teacher import DEFAULT_FULL_RECIPE, torch_threads
 from kdlib.recipe import recipe_from_spec
 
 NAME = "teacher_assistant"
@@ -99,6 +99,7 @@ presets.register(NAME, {
         "tau_values": [1.8, 4.0],
         "seeds": [0],
         "n_boot": 200,
+        "torch_threads": 1,
     },
     "default": {
         "data": _DIGITS,
@@ -119,6 +120,7 @@ presets.register(NAME, {
         "tau_values": [1.8, 4.0],
         "seeds": [0, 1, 2],
         "n_boot": 2000,
+        "torch_threads": 1,
     },
     "paper": {
         "data": {"name": "cifar100", "seed": 0},
@@ -147,8 +149,10 @@ presets.register(NAME, {
         "tau_values": [1.8, 4.0],
         "seeds": [0, 1, 2, 5],
         "n_boot": 2000,
+        "torch_threads": None,  # torch's own choice on the GPU machine
     },
-}, tables={"2": ["size_chains"], "7": ["seed_chains"], "3": ["tau_chains"]})
+}, tables={"2": ["size_chains"], "7": ["seed_chains"], "3": ["tau_chains"]},
+    dry_run=lambda cfg: dict(cfg, torch_threads=1))  # the dry run is a CPU check
 
 TABLE_DATA = {"2": "data", "7": "data", "3": "tau_data"}
 """Which data spec of the preset each table runs on."""
@@ -390,7 +394,8 @@ def run(cfg: dict, scale: str, progress: bool = True) -> pd.DataFrame:
     if not grid:
         return tidy(pd.DataFrame(columns=cols))
     store = store_path(NAME, scale, dry_run=bool(cfg.get("dry_run", False)))
-    results = sweep.run(run_chain, grid, store, progress=progress)
+    with torch_threads(cfg.get("torch_threads")):
+        results = sweep.run(run_chain, grid, store, progress=progress)
     return tidy(results.to_frame())
 
 
