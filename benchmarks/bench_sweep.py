@@ -15,6 +15,7 @@ backward -> one SGD step (momentum 0.9, weight decay 5e-4) over all members.
   * loop:   kdlib.stacked.make_stack(mode="loop"): the K students' forwards one after another.
   * vmap:   kdlib.stacked.make_stack(mode="vmap"): torch.func stacked state + vmap.
   * wide:   kdlib.wide.WideModels: one wide network, grouped convolutions.
+  * wide_cl: the same in channels_last memory format (on CUDA every representation is).
 Data: CIFAR-shaped random images (3 x 32 x 32, 100 classes), cropped/flipped/normalised once
 into a pool of batches BEFORE timing (augmentation costs the same per step for every
 representation, so leaving it out favours "single": the ratios are conservative). Setup,
@@ -49,7 +50,7 @@ from kdlib.losses import stacked_kd_dist  # noqa: E402
 from kdlib.models import build_model  # noqa: E402
 
 TABLE6_STUDENT_IMAGES = 5 * 3 * 22 * 240 * 50_000  # pairs x seeds x students x epochs x images
-REPS = ("loop", "vmap", "wide")
+REPS = ("loop", "vmap", "wide", "wide_cl")
 
 
 def fake_cifar(n_train: int, classes: int = 100, seed: int = 0) -> Dataset:
@@ -84,10 +85,11 @@ def build_stack(rep: str, models, dev):
     """The K students in representation `rep` (single: the one plain module)."""
     if rep == "single":
         return models[0]
-    if rep == "wide":
+    if rep in ("wide", "wide_cl"):
         from kdlib.wide import WideModels
 
-        return WideModels(models).to(dev)
+        wide = WideModels(models).to(dev)
+        return wide.to(memory_format=torch.channels_last) if rep == "wide_cl" else wide
     from kdlib.stacked import make_stack
 
     return make_stack(models, rep, dev)
@@ -109,8 +111,13 @@ class Step:
         self.is_dist = torch.tensor([i % 2 == 1 for i in range(k)], device=dev)
         self.alphas = torch.ones(k, device=dev)
         self.plain = isinstance(stack, torch.nn.Module)
+        self.channels_last = any(p.dim() == 4 and p.is_contiguous(
+            memory_format=torch.channels_last) and not p.is_contiguous()
+            for p in parameters_of(stack))
 
     def __call__(self, x, y):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.dev.type == "cuda"
                else _null())
         with amp:

@@ -118,12 +118,14 @@ class WideLinear(nn.Module):
     """K Linear(in, out) as one batched product: weight K x out x in, bias K x out.
 
     forward: ... x K*in -> ... x K*out (member-major); a shared ... x in input (first layer)
-    runs as one linear map to K*out outputs.
+    runs as one linear map to K*out outputs. full_precision: computed in float32 even
+    under autocast (the logits head, so losses and calibration metrics see fp32 logits).
     """
 
-    def __init__(self, k: int, linear: nn.Linear):
+    def __init__(self, k: int, linear: nn.Linear, full_precision: bool = False):
         super().__init__()
         self.k, self.in_features, self.out_features = k, linear.in_features, linear.out_features
+        self.full_precision = full_precision
         w = linear.weight
         self.weight = nn.Parameter(w.new_empty(k, *w.shape), requires_grad=w.requires_grad)
         self.bias = None if linear.bias is None else nn.Parameter(
@@ -131,6 +133,12 @@ class WideLinear(nn.Module):
             requires_grad=linear.bias.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.full_precision and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(x.float() if x.dtype != torch.float64 else x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         k, n_in = self.k, self.in_features
         if x.shape[-1] == k * n_in:
             if x.dim() == 2:  # B x K*in -> K x B x in -> baddbmm -> B x K*out
@@ -201,16 +209,16 @@ def _check_models(models) -> list[nn.Module]:
     return models
 
 
-def _replace(module: nn.Module, k: int) -> None:
+def _replace(module: nn.Module, k: int, head: nn.Module | None = None) -> None:
     for name, child in module.named_children():
         if type(child) is nn.Conv2d:
             setattr(module, name, WideConv2d(k, child))
         elif type(child) is nn.BatchNorm2d:
             setattr(module, name, WideBatchNorm2d(k, child))
         elif type(child) is nn.Linear:
-            setattr(module, name, WideLinear(k, child))
+            setattr(module, name, WideLinear(k, child, full_precision=child is head))
         else:
-            _replace(child, k)
+            _replace(child, k, head)
 
 
 class WideModels:
@@ -218,25 +226,28 @@ class WideModels:
 
     forward(x): x shared by all members (B x C x H x W, or B x F for an MLP) or per member
     (K x B x ..., per_member=True) -> K x B x num_classes logits (a view; member k's logits
-    are exactly those of models[k]).
+    are exactly those of models[k]). fp32_head: the final linear layer (`fc`) runs in
+    float32 under autocast (bf16 everywhere else).
     """
 
-    def __init__(self, models):
+    def __init__(self, models, fp32_head: bool = True):
         models = _check_models(models)
+        if not isinstance(fp32_head, bool):
+            raise TypeError(f"fp32_head must be True or False, got {fp32_head!r}")
         self.k = len(models)
         base = models[0]
         self.input_attr = next((a for a in _INPUT_ATTRS if hasattr(base, a)), None)
         self.member_input = getattr(base, self.input_attr) if self.input_attr else None
         with torch.no_grad():
             self.net = copy.deepcopy(base)
-            _replace(self.net, self.k)
+            _replace(self.net, self.k, getattr(self.net, "fc", None) if fp32_head else None)
         self.net.train(base.training)
         self.load_from(models)
 
     @classmethod
-    def from_models(cls, models) -> WideModels:
+    def from_models(cls, models, fp32_head: bool = True) -> WideModels:
         """The wide network holding copies of `models`' weights and buffers (same device)."""
-        return cls(models)
+        return cls(models, fp32_head)
 
     # ------------------------------------------------------------------ conversion
 

@@ -194,3 +194,27 @@ def test_rejects_bad_inputs():
         wide(image("resnet8"), per_member=1)
     with pytest.raises(ValueError, match="not a tensor of a widened layer"):
         wide.split_state({"nope.weight": torch.zeros(1)})
+
+
+def test_channels_last_wide_equals_members():
+    models = members("resnet8", k=2)
+    wide = WideModels.from_models(models).to(memory_format=torch.channels_last)
+    assert wide.net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = image("resnet8").contiguous(memory_format=torch.channels_last)
+    assert (wide(x) - separate([copy.deepcopy(m) for m in models], x)).abs().max() < 1e-10
+
+
+def test_head_is_float32_under_autocast_and_bf16_elsewhere():
+    models = [m.float() for m in members("resnet8", k=2)]
+    wide = WideModels.from_models(models)
+    x = image("resnet8").float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = wide(x)
+        _, pen, _ = wide.features(x)
+    assert out.dtype == torch.float32 and pen.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert WideModels.from_models(models, fp32_head=False)(x).dtype == torch.bfloat16
+    # fp32 head on bf16 features: the logits equal the fp32 product of those features
+    head = wide.net.fc
+    want = torch.einsum("kbi,koi->kbo", pen.float(), head.weight) + head.bias[:, None]
+    assert (out - want).abs().max() < 1e-5
