@@ -206,3 +206,26 @@ def test_early_stopped_claims():
     assert t.loc[4, "verdict"] == "holds" and (t.loc[5:, "verdict"] == "holds").all()
     # with two taus the teacher-side claim has n = 2: inconclusive
     assert es.claims(df, [1.0, 1.6], [1.6, 3.0]).loc[0, "verdict"] == "inconclusive"
+
+
+def test_show_prints_the_table_and_its_verdict_line_outside_ipython(capsys):
+    from kdlib import claims as cl
+    from kdlib.headline import VERDICT_MIMETYPE
+
+    table = cl.claims_table([
+        cl.claim("KD falls with teacher ECE", "Fig. 2", -68, -85, -28, 5, "less", unit="%"),
+        cl.claim("DIST insensitive", "Fig. 2", -10, -40, 5, 2, "insensitive", tolerance=30,
+                 unit="%")])
+    cl.show(table)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == ("Verdicts (holds 1, does not hold 0, inconclusive 1): KD falls with "
+                       "teacher ECE: holds, -68.00% [-85, -28]; DIST insensitive: "
+                       "inconclusive, -10.00% [-40, 5]")
+    assert out[0].split() == ["claim", "paper_evidence", "ours", "interval", "n", "verdict",
+                              "rule"]
+    mark = cl.verdict_bundle(table)[VERDICT_MIMETYPE]
+    assert mark["counts"] == {"holds": 1, "does not hold": 0, "inconclusive": 1}
+    assert [c["verdict"] for c in mark["claims"]] == ["holds", "inconclusive"]
+    assert cl.verdict_bundle(cl.claims_table([]))["text/plain"] == "Verdicts: no claims"
+    with pytest.raises(TypeError, match="claims table"):
+        cl.show([1, 2])
