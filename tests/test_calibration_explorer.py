@@ -7,6 +7,7 @@ import torch
 
 from kdlib import calibration, presets
 from kdlib.experiments import calibration_explorer as ce
+from kdlib.models import build_model
 from kdlib.recipe import Recipe
 
 # Four samples, two classes: confidences 0.6, 0.7, 0.8, 0.9 (class 0 predicted everywhere).
@@ -191,13 +192,204 @@ def test_tables_and_headline():
         100 * calibration.ece(calibration.tempered_softmax(z, 4.0), y), abs=1e-6)
     frame = pd.DataFrame([{"name": "a", "accuracy": 0.9, "ece_t1": 0.05, "fitted_t": 1.5,
                            "ece_fit": 0.01, "nll_t1": 0.3}])
-    assert ce.headline_figures(frame, "a") == {
-        "teacher accuracy": 0.9, "ECE at tau=1": 0.05, "fitted T": 1.5, "ECE at fitted T": 0.01}
+    figs = {k: v.text() for k, v in ce.headline_figures(frame, "a").items()}
+    assert figs == {"teacher accuracy": "90.00%", "ECE at tau=1": "5.00%", "fitted T": "1.50",
+                    "ECE at fitted T": "1.00%"}
     with pytest.raises(ValueError, match="no teacher"):
         ce.headline_figures(frame, "z")
     table = ce.summary_table(frame)
     assert table.loc["a", "acc %"] == 90.0 and table.loc["a", "ECE@1 %"] == 5.0
     assert table.loc["a", "fitted T"] == 1.5 and table.loc["a", "NLL@1"] == 0.3
+
+
+# ----------------------------------------------------------------- claims and the paper
+
+
+def test_ece_difference_hand_computed():
+    # 4 samples, 2 classes, logits log(p): confidences .6 .7 .8 .9 at T = 1, all class 0;
+    # labels 1 1 0 0. Equal-width M = 2: all in (.5, 1]: acc .5, conf .75 -> ECE .25.
+    p = PROBS4
+    z, y = torch.log(p), torch.tensor([1, 1, 0, 0])
+    same = ce.ece_difference(z, y, 1.0, 1.0, n_bins=2, n_boot=50)
+    assert same["estimate"] == 0 and same["low"] == 0 and same["high"] == 0
+    assert same["ece_from"] == pytest.approx(0.25) and same["n"] == 4
+    # T = 1e3: every row ~(.5, .5): confidence 0.5 + O(1e-4) in bin 2, acc .5 -> ECE ~ 0
+    d = ce.ece_difference(z, y, 1.0, 1e3, n_bins=2, n_boot=200, seed=3)
+    ece_hot = calibration.ece(calibration.tempered_softmax(z, 1e3), y, 2)
+    assert d["estimate"] == pytest.approx(ece_hot - 0.25, abs=1e-12)
+    assert d["estimate"] == pytest.approx(-0.25, abs=1e-3)
+    assert d["low"] <= d["estimate"] <= d["high"]
+    again = ce.ece_difference(z, y, 1.0, 1e3, n_bins=2, n_boot=200, seed=3)
+    assert again == d  # seeded
+
+
+def test_ece_difference_identical_samples_have_no_spread():
+    # every test sample the same: each resample is the sample itself
+    z = torch.tensor([[2.0, 0.0, 0.0]] * 30)
+    y = torch.zeros(30, dtype=torch.long)
+    d = ce.ece_difference(z, y, 1.0, 8.0, n_bins=15, n_boot=100)
+    c1 = float(torch.softmax(z[0], 0).max())
+    c8 = float(torch.softmax(z[0] / 8, 0).max())
+    assert d["estimate"] == pytest.approx((1 - c8) - (1 - c1), abs=1e-9)
+    assert d["low"] == pytest.approx(d["estimate"]) and d["high"] == pytest.approx(d["estimate"])
+
+
+def test_ece_difference_validates():
+    z, y = torch.log(PROBS4), torch.tensor([1, 1, 0, 0])
+    with pytest.raises(ValueError, match="t_to"):
+        ce.ece_difference(z, y, 1.0, 0.0)
+    with pytest.raises(ValueError, match="n_boot"):
+        ce.ece_difference(z, y, 1.0, 2.0, n_boot=0)
+    with pytest.raises(ValueError, match="level"):
+        ce.ece_difference(z, y, 1.0, 2.0, level=1.5)
+    with pytest.raises(ValueError, match="labels"):
+        ce.ece_difference(z, torch.tensor([0, 0, 0, 5]), 1.0, 2.0)
+
+
+def test_claims_verdicts_hand_computed():
+    # logits 6 * one-hot(pred), 10 classes: every sample has the same confidence at each T,
+    # c(T) = e^(6/T) / (e^(6/T) + 9), so each ECE is |accuracy - c(T)| (one bin):
+    # c(1) = .978, c(1.5) = .858, c(8) = .190.
+    # "sharp": pred = label w.p. .7 else uniform (accuracy ~.73): ECE .25 -> .13 -> .54:
+    #   both claims hold. "chance": pred uniform (accuracy ~.1): ECE .88 -> .76 -> .09:
+    #   softening helps, but ECE at tau 8 is below ECE at 1: the second does not hold.
+    g = torch.Generator().manual_seed(0)
+    n, c = 2000, 10
+    y = torch.randint(0, c, (n,), generator=g)
+    sharp = torch.where(torch.rand(n, generator=g) < 0.7, y, torch.randint(0, c, (n,),
+                                                                           generator=g))
+    chance = torch.randint(0, c, (n,), generator=g)
+    logits = {name: (6.0 * torch.nn.functional.one_hot(pred, c).float(), y)
+              for name, pred in (("sharp", sharp), ("chance", chance))}
+    table = ce.claims(logits, n_bins=15, n_boot=200)
+    assert list(table["verdict"]) == ["holds", "holds", "holds", "does not hold"]
+    assert table["n"].tolist() == [n] * 4
+
+    def conf(t):
+        return math.exp(6 / t) / (math.exp(6 / t) + 9)
+
+    for i, pred in enumerate((sharp, chance)):
+        acc = float((pred == y).double().mean())
+        e1, e15, e8 = (abs(acc - conf(t)) for t in (1.0, 1.5, 8.0))
+        assert table.loc[2 * i, "ours"] == f"{100 * (e15 - e1):.2f} pp"
+        assert table.loc[2 * i + 1, "ours"] == f"{100 * (e8 - e1):.2f} pp"
+    assert "Table 6" in table.loc[0, "paper_evidence"]
+    with pytest.raises(TypeError, match="dict"):
+        ce.claims([logits["sharp"]])
+
+
+def test_table6_aligned_matches_paper_names_only_on_cifar100():
+    z, y = random_logits(seed=4)
+    teachers = [{"name": "my r56", "arch": "resnet56"}, {"name": "tiny", "arch": "resnet8"}]
+    logits = {"my r56": (z, y), "tiny": (2 * z, y)}
+    t = ce.table6_aligned(logits, teachers, "cifar100", seed=0)
+    r = t[(t["teacher"] == "ResNet56") & (t["tau"] == 1.0)].iloc[0]
+    assert r["paper (%)"] == 12.04 and r["ours"] == "my r56" and r["n seeds"] == 1
+    ours = 100 * calibration.ece(torch.softmax(z, 1), y)
+    assert r["ours mean (%)"] == pytest.approx(ours)
+    assert r["ours - paper (points)"] == pytest.approx(ours - 12.04)
+    assert r["epoch"] == "last" and r["data"] == "cifar100"
+    assert t[t["teacher"] == "ResNet8"]["paper (%)"].isna().all()  # not in the paper
+    assert len(t) == 2 * 11  # two teachers x the paper's 11 temperatures
+    digits = ce.table6_aligned(logits, teachers, "digits")
+    assert digits["paper (%)"].isna().all() and digits["ours mean (%)"].notna().all()
+    with pytest.raises(ValueError, match="teacher list"):
+        ce.table6_aligned({"other": (z, y)}, teachers, "cifar100")
+
+
+# ----------------------------------------------------------------- tables, dry run, published
+
+
+def test_tables_selection_and_dry_run_hook():
+    assert presets.tables(ce.NAME) == {"6": ["teachers"]}
+    cfg = presets.get(ce.NAME, "paper", dry_run=True)
+    assert cfg["dry_run"] is True and cfg["data"]["subset_test"] == 32
+    for t in cfg["teachers"]:  # the "paper" preset names are spelled out and cut
+        r = ce.make_recipe(t["recipe"], t["arch"])
+        assert (r.epochs, r.batch_size, tuple(r.milestones)) == (1, 8, ())
+    assert [t["arch"] for t in cfg["teachers"]] == ["resnet56", "resnet110", "wrn_28_1"]
+    assert cfg["torch_threads"] == 1 and presets.get(ce.NAME, "default")["torch_threads"] == 1
+
+
+def test_skipped_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    assert ce.skipped_tables(presets.get(ce.NAME, "default")) == []  # digits: embedded
+    [(table, reason)] = ce.skipped_tables(presets.get(ce.NAME, "paper"))
+    assert table == "6" and "cifar-100-python.tar.gz" in reason
+    assert ce.skipped_tables({"teachers": None, "data": {"name": "digits"}}) == [
+        ("6", "not selected")]
+
+
+def _published_file(tmp_path, arch="resnet8"):
+    from kdlib.published import to_published_state_dict
+
+    torch.manual_seed(0)
+    model = build_model(arch, 100).eval()
+    path = tmp_path / f"{arch}_vanilla.pth"
+    torch.save({"epoch": 240, "model": to_published_state_dict(arch, model.state_dict()),
+                "accuracy": 1.0, "optimizer": None}, path)
+    return model, path
+
+
+def test_teacher_list_and_sources(tmp_path):
+    _, path = _published_file(tmp_path)
+    cfg = presets.get(ce.NAME, "paper")
+    teachers = ce.teacher_list(cfg, {"resnet56": str(path), "resnet8": str(path)})
+    assert [t["name"] for t in teachers] == ["resnet56", "resnet110", "wrn_28_1",
+                                            "resnet8 (published)"]
+    assert teachers[0]["pretrained"] == str(path) and "pretrained" not in teachers[1]
+    src = ce.teacher_sources(cfg, {"resnet56": str(path)})
+    assert src["source"].tolist() == ["published", "trained", "trained"]
+    assert src.loc[0, "file"] == str(path) and "'epochs': 240" in src.loc[1, "recipe"]
+    assert ce.teacher_list(cfg) == cfg["teachers"]
+    cells = ce.grid(cfg, {"resnet56": str(path)})
+    from kdlib.atomic import sha256_file
+
+    assert cells[0]["pretrained_sha256"] == sha256_file(path)
+    assert "pretrained" not in cells[1]  # trained cells keep their old keys
+    with pytest.raises(ValueError, match="CIFAR-100"):
+        ce.teacher_list(presets.get(ce.NAME, "default"), {"resnet20": str(path)})
+    with pytest.raises(FileNotFoundError, match="resnet56"):
+        ce.teacher_list(cfg, {"resnet56": str(tmp_path / "nope.pth")})
+    with pytest.raises(TypeError, match="dict"):
+        ce.teacher_list(cfg, [("resnet56", str(path))])
+
+
+def test_run_with_a_published_teacher_on_fake_cifar100(tmp_path, monkeypatch, one_thread):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_datasets import write_cifar100
+
+    from kdlib.experiments.common import load_data
+    from kdlib.published import renormalized
+    from kdlib.train import predict_logits
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    write_cifar100(tmp_path / "data")
+    model, path = _published_file(tmp_path)
+    cfg = presets.get(ce.NAME, "paper", dry_run=True)
+    cfg["teachers"] = [{"name": "r8 trained", "arch": "resnet8", "recipe": {
+        "epochs": 1, "batch_size": 8, "lr": 0.05, "milestones": []}}]
+    cfg["n_temperatures"] = 5
+    published = {"resnet20": str(path).replace("resnet8", "resnet20")}
+    _published_file(tmp_path, "resnet20")
+    frame = ce.run(cfg, "paper", progress=False, published=published)
+    assert frame["name"].tolist() == ["r8 trained", "resnet20 (published)"]
+    assert frame["source"].tolist() == ["trained", "published"]
+    assert (tmp_path / "runs" / "paper-dry-run" / f"{ce.NAME}.sqlite").is_file()
+    logits = ce.teachers_logits(cfg, published)
+    z, y = logits["resnet20 (published)"]
+    data = load_data(cfg["data"])
+    from kdlib.published import load_published
+
+    ref = predict_logits(renormalized(load_published("resnet20", published["resnet20"]),
+                                      data).eval(), data)
+    assert torch.allclose(z, ref, atol=1e-5) and z.shape == (32, 100)
+    row = frame.iloc[1]
+    assert row["ece_t1"] == pytest.approx(calibration.ece(torch.softmax(z, 1), y))
+    assert row["train_seconds"] == 0.0
+    del model
 
 
 # ----------------------------------------------------------------- end to end

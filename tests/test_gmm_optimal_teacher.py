@@ -243,3 +243,60 @@ def test_limited_threads_restores():
         assert torch.get_num_threads() == old
     with pytest.raises(ValueError, match="torch_threads"), exp.limited_threads(0):
         pass
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def _two_arm_runs():
+    # 3 runs per arm, 10 classes; accuracies (fractions): one-hot .88 .89 .90, posterior
+    # .90 .90 .91 -> paired differences .02 .01 .01, mean 1/75
+    rows = []
+    for arm, accs in ((exp.ONE_HOT, [0.88, 0.89, 0.90]), (exp.POSTERIOR, [0.90, 0.90, 0.91])):
+        rows += [{"classes": 10, "arm": arm, "run": r, "accuracy": a, "accuracy_pct": 100 * a}
+                 for r, a in enumerate(accs)]
+    return pd.DataFrame(rows)
+
+
+def test_table1_aligned_by_hand():
+    t = exp.table1_aligned(_two_arm_runs())
+    one = t[t["target"] == exp.ONE_HOT].iloc[0]
+    assert one["paper (%)"] == pytest.approx((87.06 + 88.67 + 88.77 + 90.27 + 90.87) / 5)
+    assert one["ours mean (%)"] == pytest.approx(89.0)
+    assert one["ours sd (%)"] == pytest.approx(1.0)  # sd of 88, 89, 90 (ddof 1)
+    assert one["n runs"] == 3 and one["epoch"] == "last"
+    assert one["ours - paper (points)"] == pytest.approx(89.0 - 89.128)
+    post = t[t["target"] == exp.POSTERIOR].iloc[0]
+    assert post["paper (%)"] == pytest.approx(89.818)
+    assert len(t) == 2
+    with pytest.raises(ValueError, match="accuracy"):
+        exp.table1_aligned(_two_arm_runs().drop(columns="accuracy"))
+
+
+def test_headline_figures_by_hand():
+    from scipy import stats
+
+    h = exp.headline_figures(_two_arm_runs())
+    d = np.array([0.02, 0.01, 0.01])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    fig = h["gmm10 posterior - one-hot"]
+    assert fig.value == pytest.approx(d.mean()) and fig.unit == "points"
+    assert fig.low == pytest.approx(d.mean() - half) and fig.high == pytest.approx(d.mean() + half)
+    assert h["gmm10 one-hot variance (%^2)"].value == pytest.approx(2 / 3)  # 88, 89, 90
+    assert h["gmm10 posterior variance (%^2)"].value == pytest.approx(2 / 9)  # 90, 90, 91
+
+
+def test_selection_dry_run_and_grid():
+    assert presets.tables(exp.NAME) == {"1": ["tasks"], "tempered": ["temperatures"]}
+    only1 = presets.get(exp.NAME, "default", select="table=1")
+    assert only1["temperatures"] is None
+    assert [c["group"] for c in exp.grid_cells(only1)] == ["table1", "table1"]
+    assert exp.skipped_tables(only1) == [("tempered posteriors (beyond the paper)",
+                                          "not selected")]
+    cells = exp.grid_cells(presets.get(exp.NAME, "default"))
+    assert len(cells) == 4 and all(c["workers"] == 2 for c in cells)
+    assert "workers" not in exp.grid_cells(presets.get(exp.NAME, "smoke"))[0]
+    dry = presets.get(exp.NAME, "paper", dry_run=True)
+    assert (dry["n_train"], dry["n_test"], dry["runs"]) == (16, 32, 1)
+    assert dry["recipe"]["epochs"] == 1 and dry["recipe"]["batch_size"] == 8
+    assert dry["torch_threads"] == 1 and dry["grid_resolution"] == 40

@@ -219,3 +219,45 @@ def test_claims_from_proxy_rows():
     assert set(go.claims(corr.assign(n_seeds=2))["verdict"]) == {"inconclusive"}
     with pytest.raises(ValueError, match="rho"):
         go.claims(corr.drop(columns="rho"))
+
+
+def test_teachers_train_on_the_closed_form_mlp_path(tmp_path, monkeypatch):
+    # the cell's teacher is kdlib.train.train's run up to float rounding: same init,
+    # batches, loss and SGD (its test accuracy is the teacher_quality accuracy)
+    from kdlib.experiments.common import load_data
+    from kdlib.train import make_model, predict_logits, train
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    data = {"name": "gmm10", "n_train": 256, "n_test": 200}
+    rec = {"batch_size": 64, "lr": 0.03}
+    out = go.run_teacher(data=data, hidden=[8], epochs=2, teacher_recipe=rec, seeds=[1],
+                         student_hidden=[8], student_recipe={"epochs": 1, "batch_size": 64},
+                         losses=["kd"], temperatures=[2.0], workers=1, stack_mode="loop")
+    ds = load_data(data)
+    ref = make_model("mlp", ds, seed=1, hidden=(8,))
+    train(ref, ds, recipe_from_spec({**rec, "epochs": 2}), seed=1, progress=False,
+          eval_every=0)
+    acc = float((predict_logits(ref, ds).argmax(1) == ds.test_y).double().mean())
+    assert out["teachers"][0]["accuracy"] == pytest.approx(acc, abs=1 / 200 + 1e-9)
+
+
+def test_dry_run_hook_threads_and_headline():
+    cfg = presets.get(go.NAME, "paper", dry_run=True)
+    assert cfg["teacher_epochs"] == [1, 2, 3] and cfg["teacher_recipe"]["batch_size"] == 8
+    assert cfg["student_recipe"]["epochs"] == 1 and cfg["seeds"] == [0]
+    assert [t["n_train"] for t in cfg["tasks"]] == [16, 16]
+    assert cfg["torch_threads"] == 1 and cfg["workers"] == 1
+    d = presets.get(go.NAME, "default")
+    assert d["torch_threads"] == 1 and d["stack_mode"] == "vmap"
+    assert all(c["stack_mode"] == "vmap" and c["workers"] == 2 for c in go.grid(d))
+    assert go.skipped_tables(cfg) == [] and go.skipped_tables({"tasks": []})
+    assert [t["name"] for t in presets.get(go.NAME, "paper", select="pair=gmm100")["tasks"]] \
+        == ["gmm100"]
+    corr = pd.DataFrame([
+        {"task": "gmm10", "loss": "kd", "x": "teacher_ece_at_tau", "y": "accuracy",
+         "rho": -0.5, "lo": -0.8, "hi": -0.1, "n_seeds": 3},
+        {"task": "gmm10", "loss": "kd", "x": "kl_to_posterior", "y": "accuracy",
+         "rho": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_seeds": 3}])
+    h = go.headline_figures(corr, "gmm10", ["kd", "dist"])
+    assert h["gmm10 spearman acc-ECE kd"].text() == "-0.500 [-0.800, -0.100]"
+    assert h["gmm10 spearman acc-KL kd"] == "n/a" and h["gmm10 spearman acc-ECE dist"] == "n/a"

@@ -15,6 +15,15 @@ Brier score in [0, 2] (summed over classes); temperatures > 0.
 Note on the fitted temperature: it is fitted on the same test logits it is evaluated on
 (in-sample, the best temperature in hindsight). `cross_fitted_ece` gives the honest
 counterpart: fit on one half of the test set, evaluate on the other, and vice versa.
+
+Published teachers (RepDistiller/mdistiller CIFAR-100 files, `kdlib.published`): pass
+``published={arch: path}`` to `run`/`teachers_logits`; a teacher of that arch in the preset
+is then read from the file instead of trained (`kdlib.teachers.get_teacher(...,
+pretrained=path)`, which also feeds it the published normalization), an arch the preset
+lacks is added as "<arch> (published)". `teacher_sources` says which is which.
+
+Tables (`presets.register(tables=...)`): "6", the teacher-ECE columns of the paper's
+Table 6 (CIFAR-100 at paper scale; `table6_aligned` puts ours beside the paper's).
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ presets.register(NAME, {
         "n_temperatures": 25,
         "n_bins": 15,
         "headline_teacher": "resnet8, 2 epochs",
+        "n_boot": 200,
+        "torch_threads": 1,
     },
     "default": {
         "data": {"name": "digits", "seed": 0},
@@ -67,6 +78,8 @@ presets.register(NAME, {
         "n_temperatures": 61,
         "n_bins": 15,
         "headline_teacher": "resnet20, 30 epochs",
+        "n_boot": 1000,
+        "torch_threads": 1,  # one thread: measured fastest for these on 2 shared cores
     },
     "paper": {
         "data": {"name": "cifar100", "seed": 0},
@@ -80,8 +93,24 @@ presets.register(NAME, {
         "n_temperatures": 61,
         "n_bins": 15,
         "headline_teacher": "resnet56",
+        "n_boot": 1000,
+        "torch_threads": None,  # torch's own choice (a GPU run)
     },
-})
+}, tables={"6": ["teachers"]}, dry_run=lambda cfg: _dry_run(cfg))
+
+
+def _dry_run(cfg: dict) -> dict:
+    """The dry-run hook: every teacher's recipe (a preset name the generic cut cannot see)
+    spelled out and cut to a few steps (`kdlib.dry_run.cut_recipe`); one torch thread (the
+    dry run is a CPU check, where tiny batches run fastest on one thread)."""
+    from kdlib.dry_run import cut_recipe
+
+    out = dict(cfg, torch_threads=1)
+    if out.get("teachers") is not None:
+        out["teachers"] = [{**t, "recipe": cut_recipe(make_recipe(t["recipe"], t["arch"])
+                                                      .to_dict())}
+                           for t in out["teachers"]]
+    return out
 
 
 # --------------------------------------------------------------------------- configuration
@@ -223,33 +252,44 @@ def calibration_summary(logits, labels, temperatures, n_bins: int = ECE_BINS) ->
 # --------------------------------------------------------------------------- teachers and sweep
 
 
-def load_teacher(data: dict, arch: str, recipe, seed: int = 0, progress: bool = False):
-    """(model, record) of a cached teacher (trained on first use)."""
+def load_teacher(data: dict, arch: str, recipe, seed: int = 0, progress: bool = False,
+                 pretrained=None):
+    """(model, record) of a cached teacher (trained on first use), or, with `pretrained`
+    (the path of a published CIFAR teacher file), the published teacher registered in the
+    cache (recipe and seed unused; the model takes kdlib-normalized batches)."""
     from kdlib.experiments.common import load_data, teacher_cache_dir
     from kdlib.teachers import get_teacher
 
     dataset = load_data(data)
+    if pretrained is not None:
+        return get_teacher(arch, dataset, cache_dir=teacher_cache_dir(), pretrained=pretrained)
     return get_teacher(arch, dataset, make_recipe(recipe, arch), seed,
                        cache_dir=teacher_cache_dir(), progress=progress)
 
 
-def teacher_test_logits(data: dict, arch: str, recipe, seed: int = 0, progress: bool = False):
+def teacher_test_logits(data: dict, arch: str, recipe, seed: int = 0, progress: bool = False,
+                        pretrained=None):
     """(test logits N x C float32 CPU tensor, test labels N int64, training record) of a
-    cached teacher."""
+    cached (or, with `pretrained`, published) teacher."""
     from kdlib.experiments.common import load_data
     from kdlib.train import predict_logits
 
-    model, record = load_teacher(data, arch, recipe, seed, progress)
+    model, record = load_teacher(data, arch, recipe, seed, progress, pretrained)
     dataset = load_data(data)
     return predict_logits(model, dataset), dataset.test_y.clone(), record
 
 
 def teacher_calibration(name: str, data: dict, arch: str, recipe, seed: int,
-                        temperature_range: list, n_temperatures: int, n_bins: int) -> dict:
-    """Sweep cell: train (or load) one teacher and summarise its test-set calibration
-    (calibration_summary plus the training seconds of the cached record)."""
-    del name  # part of the cell only to label the record
-    logits, labels, record = teacher_test_logits(data, arch, recipe, seed)
+                        temperature_range: list, n_temperatures: int, n_bins: int,
+                        pretrained: str | None = None,
+                        pretrained_sha256: str | None = None) -> dict:
+    """Sweep cell: train (or load; `pretrained`: read the published file) one teacher and
+    summarise its test-set calibration (calibration_summary plus the training seconds of
+    the cached record, 0 for a published one). pretrained_sha256 only keys the cell to the
+    file's contents."""
+    del name, pretrained_sha256  # part of the cell only to label and key the record
+    logits, labels, record = teacher_test_logits(data, arch, recipe, seed,
+                                                 pretrained=pretrained)
     temps = temperature_grid(*temperature_range, n_temperatures)
     out = calibration_summary(logits, labels, temps, n_bins)
     out["train_seconds"] = float(record.get("seconds", 0.0))
@@ -265,32 +305,121 @@ def teacher_data(cfg: dict, teacher: dict) -> dict:
     return data
 
 
-def grid(cfg: dict) -> list[dict]:
-    """One sweep cell per teacher of a preset."""
+def _check_published(published) -> dict:
+    from pathlib import Path
+
+    if published is None:
+        return {}
+    if not isinstance(published, dict):
+        raise TypeError(f"published must be a dict {{arch: path of a published teacher "
+                        f"file}}, got {type(published).__name__}")
+    out = {}
+    for arch, path in published.items():
+        if not isinstance(arch, str) or not arch:
+            raise TypeError(f"published keys must be architecture names such as 'resnet56', "
+                            f"got {arch!r}")
+        if not isinstance(path, (str, Path)) or not Path(path).is_file():
+            raise FileNotFoundError(f"published[{arch!r}]: no teacher file at {path!r}")
+        out[arch] = str(path)
+    return out
+
+
+def teacher_list(cfg: dict, published: dict | None = None) -> list[dict]:
+    """The teachers of a run: cfg["teachers"] (None: none, the table is not run), each with
+    "pretrained" = the file of published[arch] when there is one (read instead of
+    trained); archs of `published` the preset lacks are appended as "<arch> (published)".
+    Published teachers are CIFAR-100 ones: with published files, cfg["data"] must be
+    cifar100 (ValueError otherwise)."""
+    published = _check_published(published)
+    teachers = [dict(t) for t in (cfg.get("teachers") or [])]
+    if published and cfg["data"]["name"] != "cifar100":
+        raise ValueError(f"published teachers are CIFAR-100 networks; this preset's data is "
+                         f"{cfg['data']['name']!r} (run the paper scale, or pass "
+                         "PUBLISHED_TEACHERS={})")
+    if cfg.get("teachers") is None:
+        return []
+    for t in teachers:
+        if t["arch"] in published:
+            t["pretrained"] = published[t["arch"]]
+    have = {t["arch"] for t in teachers}
+    teachers += [{"name": f"{arch} (published)", "arch": arch, "recipe": None,
+                  "pretrained": path} for arch, path in published.items() if arch not in have]
+    return teachers
+
+
+def teacher_sources(cfg: dict, published: dict | None = None):
+    """Which teachers are published and which trained: DataFrame with teacher, arch,
+    source ("published" / "trained"), file (published) and recipe (trained, as fields)."""
+    import pandas as pd
+
+    rows = []
+    for t in teacher_list(cfg, published):
+        pub = t.get("pretrained")
+        rows.append({"teacher": t["name"], "arch": t["arch"],
+                     "source": "published" if pub else "trained", "file": pub or "",
+                     "recipe": "" if pub else str(make_recipe(t["recipe"], t["arch"])
+                                                  .to_dict())})
+    return pd.DataFrame(rows, columns=["teacher", "arch", "source", "file", "recipe"])
+
+
+def grid(cfg: dict, published: dict | None = None) -> list[dict]:
+    """One sweep cell per teacher of `teacher_list(cfg, published)`; published teachers'
+    cells carry the file and its SHA-256 (so a changed file is a new cell); trained ones
+    keep the keys they always had."""
+    from kdlib.atomic import sha256_file
+
     keys = ("seed", "temperature_range", "n_temperatures", "n_bins")
-    return [{"name": t["name"], "arch": t["arch"], "recipe": t["recipe"],
-             "data": teacher_data(cfg, t), **{k: cfg[k] for k in keys}}
-            for t in cfg["teachers"]]
+    cells = []
+    for t in teacher_list(cfg, published):
+        cell = {"name": t["name"], "arch": t["arch"], "recipe": t["recipe"],
+                "data": teacher_data(cfg, t), **{k: cfg[k] for k in keys}}
+        if t.get("pretrained"):
+            cell["pretrained"] = t["pretrained"]
+            cell["pretrained_sha256"] = sha256_file(t["pretrained"])
+        cells.append(cell)
+    return cells
 
 
-def run(cfg: dict, scale: str, progress: bool = True):
-    """Summaries of every teacher of `cfg` (resumable sweep): DataFrame, one row per teacher
-    in preset order."""
+def skipped_tables(cfg: dict) -> list[tuple[str, str]]:
+    """[(table, reason)] for the tables this run cannot compute: Table 6's teacher ECE
+    when the data set is missing (naming the file to fetch) or no teachers are selected."""
+    from kdlib.experiments.common import missing_data
+
+    if cfg.get("teachers") is None:
+        return [("6", "not selected")]
+    reason = missing_data(cfg["data"])
+    return [] if reason is None else [("6", reason)]
+
+
+def run(cfg: dict, scale: str, progress: bool = True, published: dict | None = None):
+    """Summaries of every teacher of `cfg` (resumable sweep) in the run's store
+    (`store_path(NAME, scale, dry_run=cfg["dry_run"])`): DataFrame, one row per teacher in
+    `teacher_list` order, with "source" (published / trained)."""
     from kdlib import sweep
-    from kdlib.experiments.common import store_path
+    from kdlib.experiments.common import limited_threads, store_path
 
-    results = sweep.run(teacher_calibration, grid(cfg), store_path(NAME, scale),
-                        progress=progress)
+    cells = grid(cfg, published)
+    with limited_threads(cfg.get("torch_threads")):  # CPU threads while teachers train
+        results = sweep.run(teacher_calibration, cells,
+                            store_path(NAME, scale, dry_run=cfg.get("dry_run", False)),
+                            progress=progress)
     frame = results.to_frame()
-    order = {t["name"]: i for i, t in enumerate(cfg["teachers"])}
-    return frame.sort_values("name", key=lambda s: s.map(order)).reset_index(drop=True)
+    order = {c["name"]: i for i, c in enumerate(cells)}
+    frame = frame.sort_values("name", key=lambda s: s.map(order)).reset_index(drop=True)
+    frame["source"] = ["published" if isinstance(p, str) else "trained"
+                       for p in frame.get("pretrained", [None] * len(frame))]
+    return frame
 
 
-def teachers_logits(cfg: dict) -> dict:
-    """{teacher name: (test logits, test labels)} for every teacher of `cfg` (cached)."""
-    return {t["name"]: teacher_test_logits(teacher_data(cfg, t), t["arch"], t["recipe"],
-                                           cfg["seed"])[:2]
-            for t in cfg["teachers"]}
+def teachers_logits(cfg: dict, published: dict | None = None) -> dict:
+    """{teacher name: (test logits, test labels)} for every teacher of
+    `teacher_list(cfg, published)` (cached)."""
+    from kdlib.experiments.common import limited_threads
+
+    with limited_threads(cfg.get("torch_threads")):
+        return {t["name"]: teacher_test_logits(teacher_data(cfg, t), t["arch"], t["recipe"],
+                                               cfg["seed"], pretrained=t.get("pretrained"))[:2]
+                for t in teacher_list(cfg, published)}
 
 
 # --------------------------------------------------------------------------- tables
@@ -359,16 +488,149 @@ def paper_ece_comparison(logits_by_name: dict, n_bins: int = ECE_BINS, digits: i
     return paper.round(digits)
 
 
+# --------------------------------------------------------------------------- paper and claims
+
+# The paper's Table 6 teacher ECE (percent) at the temperatures the claims compare
+PAPER_T6_EVIDENCE = {
+    "over": "Table 6: ECE 12.04% at tau 1 vs 1.79% at 1.5 (ResNet56; 14.08/4.70 ResNet110, "
+            "8.70/5.09 WRN-28-1)",
+    "under": "Table 6: ECE 61.65% at tau 8 vs 12.04% at 1 (ResNet56; 61.12/14.08 ResNet110, "
+             "59.83/8.70 WRN-28-1)",
+}
+
+
+def _signed_bin_gaps(logits, labels, temperature: float, n_bins: int):
+    """(bin index N int64, correct - confidence N float64) of softmax(logits / T) with the
+    equal-width ((m-1)/M, m/M] rule of kdlib.calibration (edges rounded to the probs' dtype,
+    as `calibration.ece` does)."""
+    probs = calibration.tempered_softmax(logits, temperature)
+    conf, pred = probs.max(dim=1)
+    inner = (torch.arange(n_bins + 1, dtype=torch.float64) / n_bins).to(conf.dtype)[1:-1]
+    bins = torch.bucketize(conf.contiguous(), inner.contiguous(), right=False)
+    gap = (pred == labels.to(pred.device)).double() - conf.double()
+    return bins.cpu().numpy(), gap.cpu().numpy()
+
+
+def ece_difference(logits, labels, t_from: float, t_to: float, n_bins: int = ECE_BINS,
+                   n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """ECE(t_to) - ECE(t_from) of one teacher's N x C test logits (equal-width bins; a
+    difference of fractions) with a percentile bootstrap interval over test samples (the
+    same resampled samples at both temperatures; `n_boot` resamples, seeded).
+
+    Returns {"estimate", "low", "high" (fractions), "n" (test samples), "ece_from",
+    "ece_to"}; estimate equals calibration.ece at t_to minus at t_from exactly.
+    """
+    t_from = check_positive(t_from, "t_from")
+    t_to = check_positive(t_to, "t_to")
+    n_bins = check_int(n_bins, "n_bins", minimum=1)
+    n_boot = check_int(n_boot, "n_boot", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    if not 0 < float(level) < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    z, y = _logits_labels(logits, labels)
+    n = int(z.shape[0]) if z.ndim == 2 else 0
+    if n == 0:
+        raise ValueError(f"logits must be a non-empty N x C matrix, got shape {tuple(z.shape)}")
+    calibration.ece(calibration.tempered_softmax(z, t_from), y, n_bins)  # validates inputs
+    # per temperature: N x M matrix of each sample's signed gap in its bin
+    mats = []
+    for t in (t_from, t_to):
+        bins, gap = _signed_bin_gaps(z, y, t, n_bins)
+        m = np.zeros((n, n_bins))
+        m[np.arange(n), bins] = gap
+        mats.append(m)
+    eces = [float(np.abs(m.sum(0)).sum() / n) for m in mats]
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    chunk = max(1, (1 << 22) // n)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # b x N
+        e_from = np.abs(w @ mats[0]).sum(1) / n
+        e_to = np.abs(w @ mats[1]).sum(1) / n
+        diffs[start:start + b] = e_to - e_from
+    alpha = (1 - float(level)) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return {"estimate": eces[1] - eces[0], "low": float(low), "high": float(high), "n": n,
+            "ece_from": eces[0], "ece_to": eces[1]}
+
+
+def claims(logits_by_name: dict, n_bins: int = ECE_BINS, n_boot: int = 1000,
+           seed: int = 0):
+    """The paper's Table 6 teacher-column claims as a kdlib.claims table, per teacher:
+    over-confident at tau = 1, i.e. ECE(1.5) - ECE(1) < 0; under-confident at large tau,
+    i.e. ECE(8) - ECE(1) > 0. Each row: the difference in points with a 95% bootstrap
+    interval over test samples (`ece_difference`), n = test samples. Verdict rule
+    (`kdlib.claims.verdict`): holds when the whole interval lies on the claimed side of 0,
+    does not hold when it lies wholly on the other, else inconclusive (also with n < 3).
+    logits_by_name: {teacher: (test logits, test labels)}."""
+    from kdlib import claims as cl
+
+    if not isinstance(logits_by_name, dict):
+        raise TypeError(f"logits_by_name must be a dict {{teacher: (logits, labels)}}, got "
+                        f"{type(logits_by_name).__name__}")
+    rows = []
+    for name, (z, y) in logits_by_name.items():
+        for key, t_to, kind, text in (
+                ("over", 1.5, "less", f"{name}: ECE lower at tau 1.5 than at 1 "
+                                      "(over-confident at 1)"),
+                ("under", 8.0, "greater", f"{name}: ECE higher at tau 8 than at 1 "
+                                          "(under-confident at large tau)")):
+            d = ece_difference(z, y, 1.0, t_to, n_bins, n_boot, seed)
+            rows.append(cl.claim(text, PAPER_T6_EVIDENCE[key], 100 * d["estimate"],
+                                 100 * d["low"], 100 * d["high"], d["n"], kind,
+                                 unit=" pp"))
+    return cl.claims_table(rows)
+
+
+def table6_aligned(logits_by_name: dict, teachers: list[dict], data_name: str,
+                   seed: int = 0, n_bins: int = ECE_BINS):
+    """Our teachers' ECE at the paper's Table 6 temperatures beside the paper's
+    (`kdlib.paper.aligned_table`): one row per (teacher, tau) with the paper's percent, our
+    mean +- sd over seeds (one seed here: sd NaN), n seeds, the difference in points and
+    the epoch reported (last). Teachers are matched by architecture (`paper_name`); the
+    paper's values are CIFAR-100 ones, so with another data set (`data_name`) the paper
+    columns stay NaN rather than mixing data sets. teachers: `teacher_list` dicts."""
+    import pandas as pd
+
+    from kdlib.paper import PAPER_TEMPERATURES, aligned_table, paper_name, paper_table
+
+    arch = {t["name"]: t["arch"] for t in teachers}
+    missing = [n for n in logits_by_name if n not in arch]
+    if missing:
+        raise ValueError(f"teachers {missing} are not in the teacher list {list(arch)}")
+    rows = []
+    for name, (z, y) in logits_by_name.items():
+        eces = calibration.ece_vs_temperature(z, y, PAPER_TEMPERATURES, n_bins)
+        rows += [{"teacher": paper_name(arch[name]), "ours": name, "tau": float(t),
+                  "seed": int(seed), "teacher_ece": float(e)}
+                 for t, e in zip(PAPER_TEMPERATURES, eces)]
+    ours = pd.DataFrame(rows)
+    paper = paper_table("table6")[["teacher", "tau", "teacher_ece"]].drop_duplicates(
+        ["teacher", "tau"])
+    if data_name != "cifar100":
+        paper = paper.assign(teacher_ece=np.nan)
+    out = aligned_table(ours.drop(columns="ours"), paper, ["teacher", "tau"],
+                        {"teacher_ece": "teacher_ece"})
+    names = ours.drop_duplicates("teacher").set_index("teacher")["ours"]
+    out.insert(1, "ours", out["teacher"].map(names))
+    out.insert(0, "data", data_name)
+    return out
+
+
 def headline_figures(frame, teacher: str) -> dict:
-    """The notebook's four headline numbers for one teacher: accuracy, ECE at tau = 1, fitted
-    T, ECE at fitted T (fractions; T a float)."""
+    """The notebook's headline figures for one teacher as kdlib.headline figures:
+    accuracy, ECE at tau = 1 and at the fitted T (percent), the fitted T (number)."""
+    from kdlib.headline import number, percent
+
     rows = frame[frame["name"] == teacher]
     if rows.empty:
         raise ValueError(f"no teacher {teacher!r} in the results; have {list(frame['name'])}")
     row = rows.iloc[0]
-    return {"teacher accuracy": float(row["accuracy"]),
-            "ECE at tau=1": float(row["ece_t1"]), "fitted T": float(row["fitted_t"]),
-            "ECE at fitted T": float(row["ece_fit"])}
+    return {"teacher accuracy": percent(float(row["accuracy"])),
+            "ECE at tau=1": percent(float(row["ece_t1"])),
+            "fitted T": number(float(row["fitted_t"])),
+            "ECE at fitted T": percent(float(row["ece_fit"]))}
 
 
 # --------------------------------------------------------------------------- cached teachers
@@ -434,7 +696,7 @@ def cached_teachers(scale: str, cache_dir=None) -> list[dict]:
             continue
     cfg = presets.get(NAME, scale)
     named = {}
-    for t in cfg["teachers"]:
+    for t in cfg["teachers"] or []:
         try:
             data = load_data(teacher_data(cfg, t))
         except (FileNotFoundError, OSError):
@@ -459,7 +721,7 @@ def cached_teachers(scale: str, cache_dir=None) -> list[dict]:
                     "accuracy": float(record["metrics"]["accuracy"]), "folder": final.parent,
                     "data": spec, "model_kwargs": key.get("model_kwargs") or {},
                     "seed": int(key["seed"])})
-    order = {t["name"]: i for i, t in enumerate(cfg["teachers"])}
+    order = {t["name"]: i for i, t in enumerate(cfg["teachers"] or [])}
     return sorted(out, key=lambda e: (order.get(e["name"], len(order)), e["name"]))
 
 

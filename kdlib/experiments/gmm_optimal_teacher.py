@@ -48,7 +48,7 @@ presets.register(NAME, {
         "recipe": {"epochs": 2, "batch_size": 128, "lr": 0.03, "momentum": 0.9,
                    "weight_decay": 5e-4, "milestones": []},
         "temperatures": _TEMPERATURES, "device": "cpu", "torch_threads": 1, "grid_resolution": 60,
-        "n_boot": 200,
+        "n_boot": 200, "workers": 1,
     },
     "default": {
         "tasks": _TASKS, "n_train": 10_000, "n_test": 3_000, "data_seed": 0, "runs": 5,
@@ -56,7 +56,7 @@ presets.register(NAME, {
         "recipe": {"epochs": 60, "batch_size": 128, "lr": 0.03, "momentum": 0.9,
                    "weight_decay": 5e-4, "milestones": []},
         "temperatures": _TEMPERATURES, "device": "cpu", "torch_threads": 1, "grid_resolution": 200,
-        "n_boot": 2000,
+        "n_boot": 2000, "workers": 2,  # two threads of one core each (kdlib.stacked_mlp)
     },
     "paper": {
         "tasks": _TASKS, "n_train": 10_000, "n_test": 3_000, "data_seed": 0, "runs": 5,
@@ -65,9 +65,20 @@ presets.register(NAME, {
                    "weight_decay": 5e-4, "milestones": []},
         "temperatures": _TEMPERATURES, "device": "auto", "torch_threads": None,
         "grid_resolution": 300,
-        "n_boot": 2000,
+        "n_boot": 2000, "workers": "auto",
     },
-})
+}, tables={"1": ["tasks"], "tempered": ["temperatures"]}, dry_run=lambda cfg: _dry_run(cfg))
+
+
+def _dry_run(cfg: dict) -> dict:
+    """The dry-run hook: DRY_TRAIN / DRY_TEST samples (the preset keeps n_train/n_test at
+    the top, where the generic cut does not look), one run per arm, a coarse decision grid,
+    one torch thread (a CPU check)."""
+    from kdlib.dry_run import DRY_TEST, DRY_TRAIN
+
+    return dict(cfg, n_train=min(cfg["n_train"], DRY_TRAIN), n_test=min(cfg["n_test"], DRY_TEST),
+                runs=1, grid_resolution=min(cfg["grid_resolution"], 40), torch_threads=1,
+                workers=1)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -175,7 +186,7 @@ def limited_threads(n: int | None):
 
 def run_group(task: str, group: str, n_train: int, n_test: int, data_seed: int, runs: int,
               hidden: list, standardize_inputs: bool, recipe: dict, temperatures: list,
-              device: str = "cpu", torch_threads: int | None = 1) -> dict:
+              device: str = "cpu", torch_threads: int | None = 1, workers=1) -> dict:
     """Train every run of every arm of `group` on `task` at once; one sweep cell.
 
     Returns plain JSON: "per_run" (one dict per arm and run: arm, run, temperature, accuracy,
@@ -184,15 +195,17 @@ def run_group(task: str, group: str, n_train: int, n_test: int, data_seed: int, 
     "bayes_accuracy" (test), "bayes_train_accuracy", "weights_run0" ({arm: {parameter name:
     nested list}}, for decision-region plots), "input_mean"/"input_std" (None when inputs are
     not standardized), "train_seconds", "members". torch_threads: CPU threads while training
-    (see `limited_threads`; None leaves torch's setting).
+    (see `limited_threads`; None leaves torch's setting); workers: threads training groups
+    of the runs in parallel, one core each (`train_mlps_stacked`; only float rounding
+    depends on it).
     """
     with limited_threads(torch_threads):
         return _run_group(task, group, n_train, n_test, data_seed, runs, hidden,
-                          standardize_inputs, recipe, temperatures, device)
+                          standardize_inputs, recipe, temperatures, device, workers)
 
 
 def _run_group(task, group, n_train, n_test, data_seed, runs, hidden, standardize_inputs,
-               recipe, temperatures, device) -> dict:
+               recipe, temperatures, device, workers) -> dict:
     from kdlib.recipe import recipe_from_spec
     from kdlib.stacked_mlp import train_mlps_stacked
     from kdlib.train import make_model
@@ -206,7 +219,7 @@ def _run_group(task, group, n_train, n_test, data_seed, runs, hidden, standardiz
     models = [make_model("mlp", data, seed=r, hidden=tuple(hidden)) for _, r in members]
     records = train_mlps_stacked(models, data, rec, [r for _, r in members],
                                  targets=[targets_by_arm[a] for a, _ in members],
-                                 device=device, progress=False)
+                                 device=device, progress=False, workers=workers)
     bayes_train, bayes_test = (torch.from_numpy(d) for d in
                                bayes_decisions(task, n_train, n_test, data_seed))
     calib = {arm: target_calibration(targets_by_arm[arm], data.train_y) for arm in arms}
@@ -240,22 +253,40 @@ def _predict(model, data, x) -> torch.Tensor:
 
 
 def grid_cells(cfg: dict) -> list[dict]:
-    """The sweep grid of a preset: one cell per (task, group) with the training settings."""
+    """The sweep grid of a preset: one cell per (task, group) with the training settings;
+    temperatures None (a selection of table 1 only) drops the "tempered" group. The
+    "workers" setting joins a cell only when it is not 1, so stores written before it
+    existed keep their keys."""
     keys = ("n_train", "n_test", "data_seed", "runs", "hidden", "standardize_inputs",
             "recipe", "temperatures", "device", "torch_threads")
     missing = [k for k in (*keys, "tasks") if k not in cfg]
     if missing:
         raise ValueError(f"preset is missing {missing}; get it from presets.get({NAME!r}, scale)")
-    return [{"task": task, "group": group, **{k: cfg[k] for k in keys}}
-            for task in cfg["tasks"] for group in GROUPS]
+    groups = [g for g in GROUPS if g != "tempered" or cfg["temperatures"] is not None]
+    extra = {} if cfg.get("workers", 1) == 1 else {"workers": cfg["workers"]}
+    return [{"task": task, "group": group, **{k: cfg[k] for k in keys}, **extra}
+            for task in cfg["tasks"] or [] for group in groups]
+
+
+def skipped_tables(cfg: dict) -> list[tuple[str, str]]:
+    """[(table, reason)]: the GMM tasks are generated, never missing; a selection without
+    tasks skips Table 1, one without temperatures the tempered extension."""
+    out = []
+    if not cfg.get("tasks"):
+        out.append(("1", "no task selected"))
+    if cfg.get("temperatures") is None:
+        out.append(("tempered posteriors (beyond the paper)", "not selected"))
+    return out
 
 
 def run_sweep(cfg: dict, scale: str, progress: bool = True):
-    """Run (or load) every cell of the preset through kdlib.sweep; returns SweepResults."""
+    """Run (or load) every cell of the preset through kdlib.sweep, in the run's store
+    (`store_path(NAME, scale, dry_run=cfg["dry_run"])`); returns SweepResults."""
     from kdlib.experiments.common import store_path
     from kdlib.sweep import run
 
-    return run(run_group, grid_cells(cfg), store_path(NAME, scale), namespace=NAME,
+    return run(run_group, grid_cells(cfg),
+               store_path(NAME, scale, dry_run=cfg.get("dry_run", False)), namespace=NAME,
                progress=progress)
 
 
@@ -320,6 +351,52 @@ def table1_frame(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["classes", "target",
                                                                     "source"])
     return frame
+
+
+def table1_aligned(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 aligned (`kdlib.paper.aligned_table`): per (classes, target) the paper's mean
+    test accuracy over its five runs (percent), ours (mean +- sd over runs, n runs), the
+    difference in points and the epoch reported (the last, as the paper). runs:
+    `runs_frame` rows; the one-hot and posterior arms are used. The paper's own GMM is not
+    published, so the difference compares two mixtures of similar Bayes accuracy."""
+    from kdlib.paper import aligned_table, paper_table
+
+    for col in ("classes", "arm", "run", "accuracy"):
+        if col not in getattr(runs, "columns", []):
+            raise ValueError(f"runs needs column {col!r} (from runs_frame)")
+    ours = runs[runs["arm"].isin([ONE_HOT, POSTERIOR])].rename(columns={"arm": "target"})
+    if ours.empty:
+        raise ValueError("no one-hot/posterior runs to align with Table 1")
+    paper = (paper_table("table1").groupby(["classes", "target"], as_index=False)
+             ["test_accuracy"].mean())
+    out = aligned_table(ours[["classes", "target", "run", "accuracy"]], paper,
+                        ["classes", "target"], {"accuracy": "test_accuracy"},
+                        seed_column="run")
+    return out.rename(columns={"n seeds": "n runs"})
+
+
+def headline_figures(runs: pd.DataFrame) -> dict:
+    """The notebook's headline figures per task (kdlib.headline): the posterior minus the
+    one-hot student's accuracy, paired by run, in points with its Student-t 95% interval,
+    and both arms' population variance over runs (%^2, a number)."""
+    from kdlib.analysis import mean_t_interval
+    from kdlib.headline import number, points
+
+    out = {}
+    for classes, df in runs.groupby("classes"):
+        a = df[df["arm"] == POSTERIOR].set_index("run")["accuracy"]
+        b = df[df["arm"] == ONE_HOT].set_index("run")["accuracy"]
+        d = (a - b).dropna().to_numpy(float)
+        if d.size >= 2:
+            mean, lo, hi = mean_t_interval(d)
+            out[f"gmm{classes} posterior - one-hot"] = points(mean, lo, hi)
+        elif d.size == 1:
+            out[f"gmm{classes} posterior - one-hot"] = points(float(d[0]))
+        for arm in (ONE_HOT, POSTERIOR):
+            v = df[df["arm"] == arm]["accuracy_pct"]
+            if len(v):
+                out[f"gmm{classes} {arm} variance (%^2)"] = number(population_variance(v))
+    return out
 
 
 def arm_summary(runs: pd.DataFrame) -> pd.DataFrame:
