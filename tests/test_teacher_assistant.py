@@ -468,3 +468,19 @@ def test_aligned_tables_match_the_paper_names():
     t7 = ta.aligned_table7(pd.DataFrame(t7rows), 1.8, "cifar100", chains7)
     r = t7[t7.metric == "student_accuracy"].iloc[0]
     assert r["seed"] == 2 and r["paper (%)"] == pytest.approx(68.83)
+
+
+def test_plan_runs_counts_each_assistant_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    from tests.fake_datasets import write_cifar100, write_tinyimagenet
+
+    write_cifar100(tmp_path / "data")
+    write_tinyimagenet(tmp_path / "data")
+    runs = ta.plan_runs(presets.get(ta.NAME, "paper"))
+    roles = pd.Series([r.role for r in runs]).value_counts().to_dict()
+    # 5 teachers (WRN-28-3 and ResNet110 on CIFAR-100 for Table 2, WRN-28-4 for Table 7,
+    # WRN-16-3 and WRN-28-3 on Tiny-ImageNet for Table 3); 16 chains x 4 seeds = 64 students;
+    # assistants: Table 2's WRN-28-2/1 serve both students (8 shared), Table 7's likewise
+    assert roles == {"teacher": 5, "assistant": 48, "student": 64}
+    assert len({r.key for r in runs}) == len(runs)
+    assert not (tmp_path / "data" / "assistants").exists()  # planning writes nothing

@@ -425,3 +425,27 @@ def headline_figures(df: pd.DataFrame, trajectory: pd.DataFrame | None = None,
         if len(last):
             out["final teacher ECE at T=1"] = percent(float(last["ece_at_tau"].iloc[0]))
     return out
+
+
+def plan_runs(cfg: dict) -> list:
+    """Every training the preset needs (kdlib plan): the teacher (with its checkpoints) and,
+    per seed and teacher mode, one stacked student run of len(losses) x len(temperatures)
+    members. Nothing is loaded or trained; `done` is left False."""
+    from kdlib.experiments.early_stopped_teacher import teacher_planned_run
+    from kdlib.plan import PlannedRun, run_key, train_images
+
+    if skipped_tables(cfg):
+        return []
+    runs = [teacher_planned_run(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
+                                cfg["teacher_seed"])]
+    epochs = recipe_from_spec(cfg["student_recipe"]).epochs
+    members = len(cfg["losses"]) * len(cfg["temperatures"])
+    for cell in grid(cfg):
+        for mode in cfg["modes"]:
+            runs.append(PlannedRun("", "student", cfg["student"], cfg["data"]["name"], epochs,
+                                   train_images(cfg["data"]), members=members,
+                                   teacher=cfg["teacher"],
+                                   key=run_key(experiment=NAME, mode=mode, **cell),
+                                   label=f"{mode} {cfg['teacher']} -> {cfg['student']}, "
+                                         f"seed {cell['seed']}"))
+    return runs

@@ -261,10 +261,11 @@ def assistant_cache_dir():
     return data_root() / "assistants"
 
 
-def _key_path(kind: str, key: dict):
+def _key_path(kind: str, key: dict, create: bool = True):
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = assistant_cache_dir() / kind
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{digest}.pt"
 
 
@@ -921,3 +922,39 @@ def _tau_figures(df: pd.DataFrame, tau_chains, tau_values) -> dict:
                 f"{r.assistant_name} -> {r.student}"] = points(
                     r["diff"] / 100, r["lo"] / 100 if ok else None, r["hi"] / 100 if ok else None)
     return out
+
+
+def plan_runs(cfg: dict) -> list:
+    """Every training the preset needs (kdlib plan): one teacher per (data, teacher), one
+    assistant per `assistant_keys` (trained once, shared by its chains; `done` when the
+    assistant cache holds it) and one student per chain (`done` when its weights are kept).
+    Tables whose data set is missing are left out. Nothing is loaded or trained."""
+    from kdlib.experiments.early_stopped_teacher import teacher_planned_run
+    from kdlib.plan import PlannedRun, run_key, train_images
+
+    grid = build_grid(cfg)
+    runs = []
+    for data, t in dict.fromkeys((json.dumps(c["data"], sort_keys=True), c["teacher"])
+                                 for c in grid):
+        runs.append(teacher_planned_run(json.loads(data), t, cfg["teacher_recipe"],
+                                        cfg["teacher_seed"]))
+    epochs = recipe_from_spec(cfg["distill_recipe"]).epochs
+    for k in assistant_keys(grid):
+        key = {**k, "tau": float(k["tau"]), "teacher_seed": int(k["teacher_seed"])}
+        runs.append(PlannedRun("", "assistant", k["assistant"], k["data"]["name"], epochs,
+                               train_images(k["data"]), teacher=k["teacher"],
+                               key=run_key(experiment=NAME, **key),
+                               done=_key_path("assistants", key, create=False).exists(),
+                               label=f"{k['teacher']} -> {k['assistant']} at tau {k['tau']:g}, "
+                                     f"seed {k['seed']}"))
+    for c in grid:
+        key = {k: c[k] for k in ("data", "teacher", "assistant", "student", "tau", "seed",
+                                 "teacher_recipe", "distill_recipe", "teacher_seed")}
+        key.update(tau=float(c["tau"]), teacher_seed=int(c["teacher_seed"]))
+        runs.append(PlannedRun("", "student", c["student"], c["data"]["name"], epochs,
+                               train_images(c["data"]), teacher=c["assistant"] or c["teacher"],
+                               key=run_key(experiment=NAME, role="student", **key),
+                               done=_key_path("students", key, create=False).exists(),
+                               label=f"{c['teacher']} -> {c['assistant'] or 'none'} -> "
+                                     f"{c['student']} at tau {c['tau']:g}, seed {c['seed']}"))
+    return runs
