@@ -15,7 +15,8 @@ weight decay 5e-4) and batch size on both sides; steady state only:
     in bf16 there, fp32 on the CPU), channels_last and cudnn.benchmark. Timed after warm-up
     batches from the same iterator (worker start-up excluded).
 Wall and process CPU time (user + sys, all threads) are both printed: a shared machine makes
-wall time unreliable. The last line is JSON.
+wall time unreliable. The CPU time is the main process's only: DataLoader workers' time is
+not in it, so img/cpu-s flatters rows with workers > 0. The last line is JSON.
 """
 
 from __future__ import annotations
