@@ -43,7 +43,7 @@
 # %% tags=["parameters"]
 SCALE = "default"
 INTERACTIVE = True
-SELECT = ""        # e.g. "seed=0" (kdlib.selection)
+SELECT = ""        # a selection such as seed=0 (kdlib.selection)
 DRY_RUN = False    # paper presets with every training cut to a few steps
 
 # %%
