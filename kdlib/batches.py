@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from kdlib._validate import check_finite_tensor, check_int
 
-__all__ = ["Batch", "DeviceData", "to_float", "normalize", "crop_flip", "augment_batch"]
+__all__ = ["Batch", "DeviceData", "EpochPlan", "to_float", "normalize", "crop_flip",
+           "augment_batch"]
 
 
 class Batch(NamedTuple):
@@ -106,11 +107,18 @@ def crop_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor,
         if tuple(flips.shape) != (b,):
             raise ValueError(f"flips must have shape ({b},), got {tuple(flips.shape)}")
     offsets = offsets.to(device=x.device, dtype=torch.long)
+    return _crop_flip(x, pad, offsets, None if flips is None else flips.to(x.device, torch.bool))
+
+
+def _crop_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor,
+               flips: torch.Tensor | None) -> torch.Tensor:
+    """crop_flip without checks: offsets (long) and flips (bool) already on x's device."""
+    b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
     rows = offsets[:, :1] + torch.arange(h, device=x.device)  # B x H
     cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # B x W
     if flips is not None:
-        cols = torch.where(flips.to(x.device, torch.bool)[:, None], cols.flip(1), cols)
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
     width = padded.shape[3]
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, width))
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
@@ -153,6 +161,35 @@ def _check_values(dataset) -> None:
                                  f"[{lo}, {hi}]")
 
 
+class EpochPlan:
+    """One epoch of training batches whose random draws are already on the device
+    (`DeviceData.epoch_plan`). len(plan) batches; plan[i] or iteration -> Batch."""
+
+    def __init__(self, data, perm, bounds, pad, offsets, flips, channels_last):
+        self.data, self.perm, self.bounds = data, perm, bounds
+        self.pad, self.offsets, self.flips = pad, offsets, flips
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __getitem__(self, i: int) -> Batch:
+        a, b = self.bounds[i]
+        d = self.data
+        idx = self.perm[a:b]
+        x = to_float(d.train_x.index_select(0, idx))
+        if self.offsets is not None:
+            flips = None if self.flips is None else self.flips[a:b]
+            x = _crop_flip(x, self.pad, self.offsets[a:b], flips)
+        x = d._normalize(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(x, d.train_y.index_select(0, idx), idx)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return (self[i] for i in range(len(self)))
+
+
 class DeviceData:
     """A `kdlib.data.Dataset` moved to `device` once; yields normalized batches from there.
 
@@ -186,6 +223,20 @@ class DeviceData:
             dataset.mean, dtype=torch.float32, device=self.device)
         self._std = None if dataset.std is None else torch.tensor(
             dataset.std, dtype=torch.float32, device=self.device)
+        if (self._mean is None) != (self._std is None):
+            raise ValueError("dataset mean and std must both be given or both be None")
+        if self._std is not None:
+            if self._mean.shape != self._std.shape:
+                raise ValueError(f"dataset mean and std need one value per channel each, got "
+                                 f"{len(self._mean)} and {len(self._std)}")
+            std = dataset.std if isinstance(dataset.std, (list, tuple)) else list(
+                torch.as_tensor(dataset.std).reshape(-1).tolist())
+            if not all(float(v) > 0 for v in std):
+                raise ValueError(f"dataset std values must be > 0, got {list(std)}")
+            if self.train_x.dim() < 2 or len(self._mean) != self.train_x.shape[1]:
+                raise ValueError(f"dataset mean and std need one value per channel "
+                                 f"({tuple(self.train_x.shape[1:2])}), got {len(self._mean)}")
+        self._norm: dict = {}  # dtype -> (mean, std) shaped for broadcasting
 
     @property
     def num_train(self) -> int:
@@ -213,12 +264,18 @@ class DeviceData:
             return self.num_train // batch_size
         return -(-self.num_train // batch_size)
 
-    def _prepare(self, x: torch.Tensor, augment: bool,
-                 generator: torch.Generator | None) -> torch.Tensor:
-        x = to_float(x)
-        if augment:
-            x = augment_batch(x, self.dataset.pad, bool(self.dataset.flip), generator)
-        return normalize(x, self._mean, self._std)
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """normalize() with the dataset's mean/std, checked once at construction (no
+        per-batch value scan): the same values as normalize(x, mean, std)."""
+        if self._mean is None:
+            return x
+        key = x.dtype
+        if key not in self._norm:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            self._norm[key] = (self._mean.to(x.dtype).reshape(shape),
+                               self._std.to(x.dtype).reshape(shape))
+        mean, std = self._norm[key]
+        return (x - mean) / std
 
     def train_batches(self, batch_size: int, generator: torch.Generator, augment: bool = True,
                       drop_last: bool = False, drop_single: bool = False) -> Iterator[Batch]:
@@ -230,24 +287,57 @@ class DeviceData:
         batch variance is 0, and with a 1 x 1 feature map torch refuses it); that sample is
         simply not seen this epoch (the next epoch draws a new permutation). The engine sets
         it for models with BatchNorm layers. Nothing is drawn from `generator` for a dropped
-        batch, so runs stay deterministic and resumable.
+        batch, so runs stay deterministic and resumable. All of the epoch's random draws
+        are made at the first batch (`epoch_plan`).
         """
+        plan = self.epoch_plan(batch_size, generator, augment, drop_last, drop_single)
+        return iter(plan)
+
+    def epoch_plan(self, batch_size: int, generator: torch.Generator, augment: bool = True,
+                   drop_last: bool = False, drop_single: bool = False,
+                   channels_last: bool = False) -> EpochPlan:
+        """One epoch's batches with every random draw made now: the permutation, then per
+        batch its B x 2 crop offsets and B flip bits, from the CPU `generator` in the order
+        train_batches has always drawn them (so the batches are identical), uploaded to
+        the device in one copy each. Iterating the plan then makes no host-device copy
+        and no value check (mean/std were checked at construction). channels_last: 4-D
+        batches in that memory format (for CUDA convolutions)."""
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         _check_generator(generator)
         for value, label in ((augment, "augment"), (drop_last, "drop_last"),
-                             (drop_single, "drop_single")):
+                             (drop_single, "drop_single"), (channels_last, "channels_last")):
             if not isinstance(value, bool):
                 raise TypeError(f"{label} must be True or False, got {value!r}")
-        do_augment = augment and bool(self.dataset.augment)
-        return self._train_epoch(batch_size, generator, do_augment, drop_last, drop_single)
+        augment = augment and bool(self.dataset.augment)
+        n = self.num_train
+        perm = torch.randperm(n, generator=generator)
+        stop = min(self.steps_per_epoch(batch_size, drop_last, drop_single) * batch_size, n)
+        bounds = [(a, min(a + batch_size, stop)) for a in range(0, stop, batch_size)]
+        offsets = flips = None
+        pad = 0
+        if augment:
+            pad = check_int(self.dataset.pad, "dataset.pad", minimum=0)
+            flip = bool(self.dataset.flip)
+            offs, bits = [], []
+            for a, b in bounds:
+                offs.append(torch.randint(0, 2 * pad + 1, (b - a, 2), generator=generator))
+                if flip:
+                    bits.append(torch.randint(0, 2, (b - a,), generator=generator).bool())
+            offsets = torch.cat(offs) if offs else torch.zeros(0, 2, dtype=torch.long)
+            flips = torch.cat(bits) if flip and bits else None
+            if pad == 0 and flips is None:
+                offsets = None  # augment_batch returns such a batch unchanged
+            else:
+                offsets = self._upload(offsets)
+                flips = None if flips is None else self._upload(flips)
+        return EpochPlan(self, self._upload(perm), bounds, pad, offsets, flips, channels_last)
 
-    def _train_epoch(self, batch_size, generator, augment, drop_last, drop_single=False):
-        perm = torch.randperm(self.num_train, generator=generator).to(self.device)
-        stop = self.steps_per_epoch(batch_size, drop_last, drop_single) * batch_size
-        for start in range(0, min(stop, self.num_train), batch_size):
-            idx = perm[start:start + batch_size]
-            x = self._prepare(self.train_x.index_select(0, idx), augment, generator)
-            yield Batch(x, self.train_y.index_select(0, idx), idx)
+    def _upload(self, t: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor on the device; to CUDA from pinned memory without blocking the host
+        (the caching host allocator keeps the pinned copy alive until the copy is done)."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         """The test split in order, normalized, never augmented."""
@@ -258,7 +348,7 @@ class DeviceData:
         for start in range(0, self.num_test, batch_size):
             stop = min(start + batch_size, self.num_test)
             idx = torch.arange(start, stop, device=self.device)
-            yield Batch(self._prepare(self.test_x[start:stop], False, None),
+            yield Batch(self._normalize(to_float(self.test_x[start:stop])),
                         self.test_y[start:stop], idx)
 
     def __repr__(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -247,3 +249,45 @@ def test_cuda_batches_equal_cpu_batches():
     for a, b in zip(cpu, gpu, strict=True):
         assert b.x.is_cuda and torch.equal(a.idx, b.idx.cpu())
         torch.testing.assert_close(a.x, b.x.cpu())
+
+
+def reference_epoch(data, batch_size, gen, drop_single=False):
+    """The batches as train_batches drew them one at a time before epoch plans: the
+    permutation, then per batch augment_batch's offsets and flips, then normalize."""
+    ds = data.dataset
+    perm = torch.randperm(data.num_train, generator=gen)
+    stop = data.steps_per_epoch(batch_size, drop_single=drop_single) * batch_size
+    out = []
+    for start in range(0, min(stop, data.num_train), batch_size):
+        idx = perm[start:start + batch_size]
+        x = augment_batch(to_float(data.train_x[idx]), ds.pad, ds.flip, gen)
+        out.append((normalize(x, ds.mean, ds.std), data.train_y[idx], idx))
+    return out
+
+
+@pytest.mark.parametrize("n_train, drop_single", [(23, False), (21, True), (20, False)])
+def test_epoch_plan_draws_the_same_batches_as_one_batch_at_a_time(n_train, drop_single):
+    data = DeviceData(image_dataset(n_train=n_train))
+    for epoch_seed in (0, 1):
+        gen_a = torch.Generator().manual_seed(epoch_seed)
+        gen_b = torch.Generator().manual_seed(epoch_seed)
+        for _ in range(2):  # two consecutive epochs: the generators stay in step
+            plan = data.epoch_plan(5, gen_a, drop_single=drop_single)
+            ref = reference_epoch(data, 5, gen_b, drop_single)
+            assert len(plan) == len(ref) == data.steps_per_epoch(5, drop_single=drop_single)
+            for b, (x, y, idx) in zip(plan, ref, strict=True):
+                assert torch.equal(b.idx, idx) and torch.equal(b.y, y)
+                assert torch.equal(b.x, x)  # bit for bit
+            assert torch.equal(gen_a.get_state(), gen_b.get_state())
+    cl = data.epoch_plan(5, torch.Generator().manual_seed(0), channels_last=True)[0].x
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cl, data.epoch_plan(5, torch.Generator().manual_seed(0))[0].x)
+
+
+def test_mean_and_std_are_checked_once_at_construction():
+    with pytest.raises(ValueError, match="std values must be > 0"):
+        DeviceData(dataclasses.replace(image_dataset(), std=(0.5, 0.0, 1.0)))
+    with pytest.raises(ValueError, match="one value per channel"):
+        DeviceData(dataclasses.replace(image_dataset(), mean=(0.5,), std=(0.5,)))
+    with pytest.raises(ValueError, match="both be given"):
+        DeviceData(dataclasses.replace(image_dataset(), std=None))
