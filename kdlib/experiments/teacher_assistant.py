@@ -290,15 +290,27 @@ def _load_cached(path, key: dict):
         return None
 
 
+_TEACHERS: dict = {}
+"""(data, teacher model, test logits) per (project folder, data, teacher, recipe, seed) in
+this process: the chains of a sweep load each cached teacher and its test logits once."""
+
+
 def _teacher_and_data(data: dict, teacher: str, teacher_recipe, teacher_seed: int):
     from kdlib.experiments.common import load_data, teacher_cache_dir
     from kdlib.teachers import get_teacher
     from kdlib.train import predict_logits
 
-    d = load_data(data)
-    t_model, _ = get_teacher(teacher, d, recipe_from_spec(teacher_recipe), seed=teacher_seed,
-                             cache_dir=teacher_cache_dir(), progress=False)
-    return d, t_model, predict_logits(t_model, d)
+    key = json.dumps([str(teacher_cache_dir()), data, teacher, teacher_recipe, teacher_seed],
+                     sort_keys=True)
+    if key not in _TEACHERS:
+        d = load_data(data)
+        t_model, _ = get_teacher(teacher, d, recipe_from_spec(teacher_recipe),
+                                 seed=teacher_seed, cache_dir=teacher_cache_dir(),
+                                 progress=False)
+        if len(_TEACHERS) >= 8:
+            _TEACHERS.pop(next(iter(_TEACHERS)))
+        _TEACHERS[key] = (d, t_model, predict_logits(t_model, d))
+    return _TEACHERS[key]
 
 
 def get_assistant(data: dict, teacher: str, assistant: str, tau: float, seed: int,
