@@ -18,7 +18,8 @@ the same weight tensor, which is the grouped conv of the repeated input.
 SGD with momentum and weight decay is elementwise, so one optimizer over the wide tensors is
 K optimizers; the members' losses are summed so their gradients do not mix. Unlike
 `torch.func.vmap` stacking, the wide network is an ordinary module: BatchNorm stays one
-native op (bf16 activations under autocast), about 40 ops per resnet14 forward whatever K.
+native op (bf16 activations under autocast), and a step dispatches as many ops as one
+student alone whatever K (835 against 820 for a resnet14 distillation step).
 
 Supported: kdlib's CIFARResNet (resnet*), WideResNet (wrn_*), MobileNetV2 and MLP; any
 other module class raises TypeError (its forward might mix channels).
@@ -29,11 +30,24 @@ Interface (that of kdlib.stacked.StackedModels): `k`, `training`, `to(device)`,
 `features(x)`, `state_dict()` / `load_state_dict()` (the wide tensors, for checkpoints) and
 `to(memory_format=torch.channels_last)`.
 
-Measured (2 shared CPU cores, torch 2.x, float32; one distillation step = teacher forward
-once + K student forwards + KD loss + backward + SGD step; 22 resnet14 students from a
-resnet56, batch 64, 3 x 32 x 32, 100 classes; student-images/s, CPU time in brackets):
-    see WIDE_CPU_FIGURES below; reproduce with
-    python benchmarks/bench_sweep.py --steps 6
+Measured on the CPU (`python benchmarks/bench_sweep.py --threads 1 --steps 3 --warmup 1`,
+torch 2.13 CPU, float32, 1 thread, on a 2-core machine shared with ~10 other jobs, so wall
+times are meaningless and CPU time (user + sys) is the figure): one distillation step of
+22 resnet14 students from a resnet56 (teacher forward once, students forward, KD/DIST
+losses, backward, SGD), batch 64, 3 x 32 x 32, 100 classes; student-images per CPU-second
+and ratio to one student at a time (118 img/cpu-s):
+    loop (kdlib.stacked "loop")   258 img/cpu-s   2.19x   9,325 ops/step
+    wide (this module)            217 img/cpu-s   1.84x     835 ops/step
+    vmap (kdlib.stacked "vmap")   155 img/cpu-s   1.31x   1,426 ops/step
+A second run (`... --steps 2 --reps loop,wide,wide_cl`, THP_MEM_ALLOC_ENABLE=1) gave
+loop 1.91x, wide in channels_last 1.79x, wide 1.37x (single 94 img/cpu-s; CPU figures
+scatter by ~25% between runs on the crowded machine). So on the CPU the loop stays the
+default, the wide network second and best in channels_last. Its activations are K times
+larger (92 MB per resnet14 stage-1 tensor at K = 22, B = 64, freshly mapped every step);
+one grouped 3x3 layer at K = 22 costs
+983 ms CPU per fwd+bwd in NCHW and 607 ms in channels_last against 612 ms for 22 separate
+convolutions. On a GPU the wide network's ~840 ops per step, whatever K, and native bf16
+BatchNorm are what matter; measure there (the same benchmark prints it) before choosing.
 """
 
 from __future__ import annotations
@@ -44,10 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["WideModels", "WideConv2d", "WideBatchNorm2d", "WideLinear", "WIDE_CPU_FIGURES"]
-
-# Filled from benchmarks/bench_sweep.py on the development machine (see the module docstring).
-WIDE_CPU_FIGURES = ""
+__all__ = ["WideModels", "WideConv2d", "WideBatchNorm2d", "WideLinear"]
 
 
 class WideConv2d(nn.Module):
