@@ -40,14 +40,13 @@ The students of one teacher (checkpoint) and seed are trained together with
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pandas as pd
 
 from kdlib import presets
 from kdlib._validate import check_int, check_positive
 from kdlib.analysis import paired_difference
+from kdlib.experiments.common import limited_threads
 from kdlib.recipe import recipe_from_spec
 
 NAME = "early_stopped_teacher"
@@ -66,25 +65,6 @@ DEFAULT_FULL_RECIPE = {"epochs": 20, "batch_size": 64, "lr": 0.05, "milestones":
 uses the same one, so both notebooks share one cached teacher)."""
 DEFAULT_FEW_RECIPE = {"epochs": 10, "batch_size": 64, "lr": 0.05, "milestones": [5, 7, 9],
                       "checkpoint_every": 0}
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with `n` torch CPU threads (an int >= 1), restoring the old count after;
-    None leaves torch's setting. One thread is the fast choice for the small default-scale
-    networks on a shared 2-core machine (two threads there were measured many times slower)."""
-    import torch
-
-    if n is None:
-        yield
-        return
-    n = check_int(n, "torch_threads", minimum=1)
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _pair(teacher: str, student: str, early: dict) -> dict:
@@ -343,7 +323,7 @@ def run(cfg: dict, scale: str, progress: bool = True) -> tuple[pd.DataFrame, pd.
         return curve_frame([]), students_frame([])
     store = store_path(NAME, scale, dry_run=bool(cfg.get("dry_run", False)))
     cg, sg = curve_grid(cfg), student_grid(cfg)
-    with torch_threads(cfg.get("torch_threads")):
+    with limited_threads(cfg.get("torch_threads")):
         curve = sweep.run(checkpoint_curve, cg, store, namespace="curve",
                           progress=progress) if cg else []
         studs = sweep.run(distill_from_teacher, sg, store, namespace="students",

@@ -41,11 +41,8 @@ import pandas as pd
 
 from kdlib import calibration, presets
 from kdlib._validate import check_choice, check_int
-from kdlib.experiments.early_stopped_teacher import (
-    DEFAULT_FULL_RECIPE,
-    PAPER_200_RECIPE,
-    torch_threads,
-)
+from kdlib.experiments.common import limited_threads
+from kdlib.experiments.early_stopped_teacher import DEFAULT_FULL_RECIPE, PAPER_200_RECIPE
 from kdlib.recipe import Recipe, recipe_from_spec
 
 NAME = "online_distillation"
@@ -246,7 +243,7 @@ def trajectory(cfg: dict) -> pd.DataFrame:
     cols = ["epoch", "temperature", "accuracy", "ece_at_tau", "nll_at_tau"]
     if skipped_tables(cfg):
         return pd.DataFrame(columns=cols)
-    with torch_threads(cfg.get("torch_threads")):
+    with limited_threads(cfg.get("torch_threads")):
         return teacher_trajectory(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
                                   cfg["teacher_seed"], cfg["trajectory_temperatures"])
 
@@ -304,7 +301,7 @@ def run(cfg: dict, scale: str, progress: bool = True):
     from kdlib.experiments.common import store_path
 
     store = store_path(NAME, scale, dry_run=bool(cfg.get("dry_run", False)))
-    with torch_threads(cfg.get("torch_threads")):
+    with limited_threads(cfg.get("torch_threads")):
         return sweep.run(run_seed, grid(cfg), store, namespace=NAME, progress=progress)
 
 

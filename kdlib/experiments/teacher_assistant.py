@@ -56,7 +56,8 @@ import pandas as pd
 from kdlib import presets
 from kdlib._validate import check_int, check_positive
 from kdlib.analysis import bootstrap_spearman, paired_difference, spearman
-from kdlib.experiments.early_stopped_teacher import DEFAULT_FULL_RECIPE, torch_threads
+from kdlib.experiments.common import limited_threads
+from kdlib.experiments.early_stopped_teacher import DEFAULT_FULL_RECIPE
 from kdlib.recipe import recipe_from_spec
 
 NAME = "teacher_assistant"
@@ -407,7 +408,7 @@ def run(cfg: dict, scale: str, progress: bool = True) -> pd.DataFrame:
     if not grid:
         return tidy(pd.DataFrame(columns=cols))
     store = store_path(NAME, scale, dry_run=bool(cfg.get("dry_run", False)))
-    with torch_threads(cfg.get("torch_threads")):
+    with limited_threads(cfg.get("torch_threads")):
         results = sweep.run(run_chain, grid, store, progress=progress)
     return tidy(results.to_frame())
 
