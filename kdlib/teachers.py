@@ -417,8 +417,10 @@ def _train(arch, data, recipe, seed, folder, dev, progress, model_kwargs, state)
 
     def run():
         model = make_model(arch, data, seed=seed, **model_kwargs)
+        # eval_every=0: no per-epoch test evaluation (nothing reads a teacher's history of
+        # test metrics; the final metrics are computed once at the end either way)
         record = train(model, data, recipe, device=dev, seed=seed, checkpoint_dir=folder,
-                       progress=progress, name=f"teacher {arch}")
+                       progress=progress, name=f"teacher {arch}", eval_every=0)
         return model.cpu(), record
 
     if not state.exists():
