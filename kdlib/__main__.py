@@ -36,6 +36,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _jobs(text: str):
+    """'auto' or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1 or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'auto'), got {value}")
+    return value
+
+
 def _notebook_timeout(text: str):
     """Seconds (> 0), 'none' (no limit) or 'scale' (the scale's default)."""
     if text.strip().lower() in ("none", "scale"):
@@ -88,8 +102,14 @@ def _add_report_parser(sub, name: str = "report") -> None:
             "by a complete new one; a failed, timed-out or stopped run's partial report is\n"
             "<out>/<stem>.failed.html beside it. A failing notebook does not stop the\n"
             "others; the exit code is 1 if any failed, 2 for a usage error, and 128+N\n"
-            "after signal N (SIGINT, SIGTERM: the running kernel is shut down, its partial\n"
-            "report kept and the index written)."
+            "after signal N (SIGINT, SIGTERM: every running kernel is shut down, its\n"
+            "partial report kept and the index written).\n\n"
+            "--jobs runs several notebooks at once, each in its own kernel, with one\n"
+            "progress line per running notebook. 'auto' (the default) is min(CPU cores,\n"
+            "notebooks) at the smoke and default scales, whose notebooks train on one\n"
+            "torch thread each, and 1 at the paper scale, where a notebook uses the whole\n"
+            "machine (all cores, the GPU). With N > 1 each kernel gets OMP_NUM_THREADS =\n"
+            "MKL_NUM_THREADS = cores // N unless they are set."
         ),
         epilog=SCALE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -115,6 +135,10 @@ def _add_report_parser(sub, name: str = "report") -> None:
                    help="inject SELECT=TEXT, e.g. 'table=6 pair=resnet56->resnet14 seed=0': "
                         "run only that part (the notebook must declare SELECT; one that "
                         "matches nothing fails naming what exists)")
+    p.add_argument("--jobs", "-j", type=_jobs, default="auto", metavar="N",
+                   help="notebooks to run at once, each in its own kernel: an integer >= 1 "
+                        "or 'auto' = min(CPU cores, notebooks) at smoke/default scale, 1 at "
+                        "paper scale (default: %(default)s)")
     p.add_argument("--cell-timeout", type=_positive_int, default=None, metavar="SECONDS",
                    help="fail a notebook whose cell runs longer than this (default: no limit)")
     p.add_argument("--notebook-timeout", type=_notebook_timeout, default="scale",
@@ -222,7 +246,7 @@ def _cmd_report(args, parser) -> int:
         results = with_environment(
             env, report.run_reports, sources, args.out, args.scale, parameters,
             args.cell_timeout, notebook_timeout=args.notebook_timeout, dry_run=args.dry_run,
-            select=args.select)
+            select=args.select, jobs=args.jobs)
     except report.StopRequested as stop:
         return 128 + stop.signum
     return 0 if all(r.status == "ok" for r in results) else 1

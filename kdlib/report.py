@@ -85,6 +85,9 @@ RESULTS_SUFFIX = ".results"
 THUMBNAIL_SUFFIX = ".key.png"
 THUMBNAIL_WIDTH = 360
 PROGRESS_EXTENSION = "kdlib.report_progress"
+# Seconds the runner waits, after SIGINT/SIGTERM, for the notebooks whose kernels it killed
+# to write their partial reports.
+STOP_GRACE_S = 120.0
 
 # --------------------------------------------------------------------------- selection
 
@@ -501,8 +504,14 @@ def _kernel_info(path: Path) -> dict | None:
 
 def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
              cell_timeout: int | None, notebook_timeout_s: float | None, log: TextIO,
-             stopper: Stopper, tag: str | None = None, t0: float | None = None
-             ) -> NotebookResult:
+             stopper: Stopper, tag: str | None = None, t0: float | None = None,
+             managers: list | None = None, interruptible: bool = True,
+             extra_env: dict | None = None) -> NotebookResult:
+    """Run one notebook. `interruptible`: `stopper`'s signal raises StopRequested in here
+    (the main thread); False (a worker thread): the caller kills the kernels in
+    `managers` and a run cut short while `stopper.signum` is set counts as stopped.
+    `extra_env`: more environment variables for the kernel."""
+    import contextlib
     import logging
     import shutil
 
@@ -542,17 +551,21 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
         path.unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    env = {RESULTS_ENV: str(staging), PROGRESS_ENV: str(bars), KERNEL_INFO_ENV: str(info)}
+    env = {**dict(extra_env or {}), RESULTS_ENV: str(staging), PROGRESS_ENV: str(bars),
+           KERNEL_INFO_ENV: str(info)}
     n_cells = sum(c.get("cell_type") == "code" and bool(c.get("source", "").strip())
                   for c in nb.cells) + 1  # + papermill's injected parameters cell
     progress = ProgressLine(log, tag, n_cells, bars,
                             interval_s=progress_interval_s())
     limits = Limits(cell_timeout, notebook_timeout_s)
-    managers: list = []
+    managers = [] if managers is None else managers
+    region = stopper.executing() if interruptible else contextlib.nullcontext()
     interrupt, entered = None, False
     try:
-        with open(kernel_log, "w", encoding="utf-8") as klog, stopper.executing():
+        with open(kernel_log, "w", encoding="utf-8") as klog, region:
             entered = True
+            if not interruptible and stopper.signum is not None:
+                raise StopRequested(stopper.signum)
             progress.start()
             papermill.execute_notebook(
                 nb,
@@ -560,13 +573,14 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
                 parameters=params,
                 kernel_name="python3",
                 language="python",
-                cwd=str(source.parent),
+                cwd=None,  # the kernel starts in source.parent (kernel_manager_class)
                 timeout_func=limits,
                 progress_bar=False,
                 log_output=False,
                 on_cell_start=progress.on_cell_start,
                 kernel_manager_class=kernel_manager_class(
-                    klog, managers, env=env, extensions=[PROGRESS_EXTENSION]),
+                    klog, managers, env=env, extensions=[PROGRESS_EXTENSION],
+                    cwd=source.parent),
             )
         result.status = "ok"
     except papermill.PapermillExecutionError as err:
@@ -576,11 +590,13 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
         interrupt = err
         name = signal_name(err.signum) if isinstance(err, StopRequested) else "SIGINT"
         result.status = "stopped"
-        result.error = {"cell": None, "source": None, "ename": "Stopped",
-                        "evalue": f"stopped by {name} after {time.perf_counter() - start:.1f} s; "
-                                  "the kernel was shut down"}
+        result.error = _stopped_error(name, time.perf_counter() - start)
     except Exception as err:  # timeouts, dead kernels, ...
-        if isinstance(err, TimeoutError) and limits.binding == "notebook" and limits.expired():
+        if stopper.signum is not None:  # its kernel was killed by the runner's stop
+            result.status = "stopped"
+            result.error = _stopped_error(signal_name(stopper.signum),
+                                          time.perf_counter() - start)
+        elif isinstance(err, TimeoutError) and limits.binding == "notebook" and limits.expired():
             result.status = "timeout"
             result.error = {"cell": None, "source": None, "ename": "NotebookTimeout",
                             "evalue": f"ran past its time limit of {notebook_timeout_s:g} s "
@@ -628,6 +644,11 @@ def _execute(source: Path, out_dir: Path, scale: str, parameters: dict,
     if isinstance(interrupt, KeyboardInterrupt):  # not under run_reports: pass Ctrl-C on
         raise interrupt
     return result
+
+
+def _stopped_error(signal: str, seconds: float) -> dict:
+    return {"cell": None, "source": None, "ename": "Stopped",
+            "evalue": f"stopped by {signal} after {seconds:.1f} s; the kernel was shut down"}
 
 
 def run_notebook(
@@ -701,20 +722,23 @@ def run_info(dry_run: bool = False, select: str | None = None) -> dict:
 
 
 def _print_failure(result: NotebookResult, out_dir: Path, log: TextIO) -> None:
+    """The failure's details under its final line, in one write (notebooks running at
+    the same time do not cut into it)."""
     err = result.error or {}
     where = f"cell In [{err['cell']}]" if err.get("cell") is not None else "cell"
+    lines = []
     if err.get("source"):
-        print(f"  {'failing' if result.status == 'failed' else 'running'} {where}:", file=log)
-        for line in err["source"].splitlines():
-            print(f"    {line}", file=log)
-    print(f"  {err.get('ename')}: {err.get('evalue')}", file=log)
+        lines.append(f"  {'failing' if result.status == 'failed' else 'running'} {where}:")
+        lines += [f"    {line}" for line in err["source"].splitlines()]
+    lines.append(f"  {err.get('ename')}: {err.get('evalue')}")
     if result.html:
-        print(f"  partial report: {out_dir / result.html}", file=log)
+        lines.append(f"  partial report: {out_dir / result.html}")
     if result.last_ok:
         kept = result.last_ok.get("html") or result.last_ok.get("ipynb")
-        print(f"  last good report kept: {out_dir / kept}", file=log)
+        lines.append(f"  last good report kept: {out_dir / kept}")
     if result.kernel_log:
-        print(f"  kernel log: {out_dir / result.kernel_log}", file=log)
+        lines.append(f"  kernel log: {out_dir / result.kernel_log}")
+    print("\n".join(lines), file=log, flush=True)
 
 
 def run_reports(
@@ -727,64 +751,127 @@ def run_reports(
     notebook_timeout="scale",
     dry_run: bool = False,
     select: str | None = None,
+    jobs="auto",
 ) -> list[NotebookResult]:
-    """Run every notebook in `sources` in order; index.html and summary.json are written
-    after each one. Returns this run's results.
+    """Run every notebook in `sources`, up to `jobs` at once, each in its own kernel;
+    index.html and summary.json are written after each one finishes (rows in notebook
+    order whatever the finishing order). Returns this run's results in `sources` order.
 
+    `jobs`: an integer >= 1 or "auto" (kdlib.report_jobs.resolve_jobs: min(CPU cores,
+    notebooks) at the smoke and default scales, 1 at the paper scale). With more than one
+    job each kernel gets OMP/MKL threads = cores // jobs unless the environment sets them.
     Everything is checked first (`check_run`, ValueError): nothing runs and no file is
     touched if any notebook would fail its checks. A failing notebook does not stop the
-    others. SIGINT/SIGTERM (main thread) stop the run cleanly: the running notebook's
-    kernel is shut down and its partial report kept, the index is written with the run
-    marked stopped, and StopRequested (signum, results) is raised. Progress and failures
-    go to `log` (default stderr). Entries of an earlier run at the same scale in
-    `out_dir` for notebooks not run now are kept in the index.
+    others. SIGINT/SIGTERM (main thread) stop the run cleanly: no new notebook starts,
+    every running kernel is shut down and its partial report kept, the index is written
+    with the run marked stopped, and StopRequested (signum, results) is raised. Progress
+    and failures go to `log` (default stderr): one line per running notebook. Entries of
+    an earlier run at the same scale in `out_dir` for notebooks not run now are kept in
+    the index. summary.json's "run" records "jobs", "elapsed_s" (the run's wall time) and
+    "notebooks_s" (this run's notebook durations added up).
     """
+    import queue
+    import threading
+
+    from kdlib.report_jobs import kernel_thread_env, resolve_jobs
+    from kdlib.report_progress import ProgressBoard
+
     sources = check_run(sources, out_dir, scale, parameters, cell_timeout, notebook_timeout,
                         dry_run=dry_run, select=select)
+    sources = [s.resolve() for s in sources]
+    n_jobs = resolve_jobs(jobs, scale, len(sources))
     timeout_s = resolve_notebook_timeout(notebook_timeout, scale)
     parameters = {**dict(parameters or {}), **flag_parameters(dry_run, select)}
-    about = run_info(dry_run, select)
-    log = sys.stderr if log is None else log
+    about = {**run_info(dry_run, select), "jobs": n_jobs}
+    board = ProgressBoard(sys.stderr if log is None else log)
     out = check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results: list[NotebookResult] = []
+    thread_env = kernel_thread_env(n_jobs)
+    slots: list[NotebookResult | None] = [None] * len(sources)
+    finished: queue.Queue = queue.Queue()
+    running: dict[int, list] = {}  # index -> the kernel managers of that notebook
     stopper = Stopper()
     stopper.install()
     t0 = time.perf_counter()
     what = f"scale={scale}" + (", dry run" if dry_run else "") + (
-        f", select {select!r}" if select else "")
-    print(f"kdlib report: {len(sources)} notebook(s) ({what}) into {out}", file=log,
+        f", select {select!r}" if select else "") + f", {n_jobs} at a time"
+    print(f"kdlib report: {len(sources)} notebook(s) ({what}) into {out}", file=board,
           flush=True)
-    try:
-        for i, src in enumerate(sources, 1):
-            if stopper.signum is not None:
-                break
-            tag = f"[{i}/{len(sources)}] {src.stem}"
-            res = _execute(src.resolve(), out, scale, parameters, cell_timeout, timeout_s,
-                           log, stopper, tag=tag, t0=t0)
+
+    def work(i: int, src: Path, managers: list) -> None:
+        res = None
+        try:
+            res = _execute(src, out, scale, parameters, cell_timeout, timeout_s,
+                           board, stopper, tag=f"[{i + 1}/{len(sources)}] {src.stem}", t0=t0,
+                           managers=managers, interruptible=False, extra_env=thread_env)
             if res.status != "ok":
-                _print_failure(res, out, log)
-            results.append(res)
-            state = "running" if i < len(sources) else "finished"
-            write_index(results, out, scale,
-                        {"state": state, "done": i, "selected": len(sources), **about,
-                         "elapsed_s": round(time.perf_counter() - t0, 1)})
+                _print_failure(res, out, board)
+        except BaseException as err:  # noqa: BLE001 - a runner bug must not hang the run
+            res = NotebookResult(
+                name=src.stem, source=str(src), status="failed", duration_s=0.0,
+                parameters={"SCALE": scale, "INTERACTIVE": False, **parameters},
+                error={"cell": None, "source": None, "ename": type(err).__name__,
+                       "evalue": f"the runner failed: {err}"}, finished=now(),
+                notebook_timeout_s=timeout_s)
+            print(f"[{i + 1}/{len(sources)}] {src.stem}: failed in the runner "
+                  f"({type(err).__name__}: {err})", file=board, flush=True)
+        finally:
+            finished.put((i, res))
+
+    def run_state(state: str, **extra) -> dict:
+        done = [r for r in slots if r is not None]
+        return {"state": state, "done": len(done), "selected": len(sources), **about,
+                "elapsed_s": round(time.perf_counter() - t0, 1),
+                "notebooks_s": round(sum(r.duration_s for r in done), 1), **extra}
+
+    pending = list(range(len(sources)))
+    stop_t = None
+    try:
+        while pending or running:
+            while pending and len(running) < n_jobs and stopper.signum is None:
+                i = pending.pop(0)
+                running[i] = []
+                threading.Thread(target=work, args=(i, sources[i], running[i]),
+                                 name=f"kdlib-report-{sources[i].stem}", daemon=True).start()
+            if stopper.signum is not None:  # the kernels die; their threads then finish
+                stop_t = time.perf_counter() if stop_t is None else stop_t
+                for managers in running.values():
+                    kill_kernels(list(managers), wait_s=2.0)
+                if time.perf_counter() - stop_t > STOP_GRACE_S:
+                    for i in list(running):  # a thread that never came back
+                        running.pop(i)
+                        slots[i] = NotebookResult(
+                            name=sources[i].stem, source=str(sources[i]), status="stopped",
+                            duration_s=0.0, finished=now(), notebook_timeout_s=timeout_s,
+                            error=_stopped_error(signal_name(stopper.signum),
+                                                 time.perf_counter() - t0))
+                    break
+            try:
+                i, res = finished.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            running.pop(i, None)
+            slots[i] = res
+            if pending or running:
+                write_index([r for r in slots if r is not None], out, scale,
+                            run_state("running"))
+        results = [r for r in slots if r is not None]
         if stopper.signum is not None:
             name = signal_name(stopper.signum)
-            not_run = [s.stem for s in sources[len(results):]]
-            write_index(results, out, scale, {"state": "stopped", "signal": name,
-                                              "done": len(results),
-                                              "selected": len(sources), "not_run": not_run,
-                                              **about,
-                                              "elapsed_s": round(time.perf_counter() - t0, 1)})
-            print(f"stopped by {name} after {len(results)} of {len(sources)} notebook(s); "
-                  f"index: {out / 'index.html'}", file=log, flush=True)
+            not_run = [s.stem for s, r in zip(sources, slots) if r is None]
+            write_index(results, out, scale, run_state("stopped", signal=name,
+                                                      not_run=not_run))
+            print(f"stopped by {name} after {len(results)} of {len(sources)} notebook(s) "
+                  f"started; index: {out / 'index.html'}", file=board, flush=True)
             raise StopRequested(stopper.signum, results)
+        state = run_state("finished")
+        write_index(results, out, scale, state)
     finally:
         stopper.restore()
     n_failed = sum(r.status != "ok" for r in results)
     print(f"{len(results)} notebook(s): {len(results) - n_failed} ok, {n_failed} failed "
-          f"in {time.perf_counter() - t0:.1f} s; index: {out / 'index.html'}", file=log,
+          f"in {state['elapsed_s']:.1f} s ({n_jobs} at a time; the notebooks' durations add "
+          f"up to {state['notebooks_s']:.1f} s); index: {out / 'index.html'}", file=board,
           flush=True)
     return results
 

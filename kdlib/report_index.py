@@ -8,7 +8,9 @@ summary.json::
 
     {"scale": "smoke", "generated": "<ISO time>",
      "run": {"state": "running" | "finished" | "stopped", "dry_run", "select",
-             "kdlib_version", "git_commit", "elapsed_s", ...},
+             "kdlib_version", "git_commit", "jobs" (notebooks at once),
+             "elapsed_s" (the run's wall time), "notebooks_s" (this run's notebook
+             durations added up), ...},
      "notebooks": [<NotebookResult as a dict>, ...]}      # sorted by name
 
 Each entry carries its headline figures, verdict lines, skipped tables, data sets, result
@@ -262,6 +264,19 @@ def _unique(values) -> list:
     return out
 
 
+def _total_time(total: float, run: dict) -> str:
+    """The run's wall time with the notebooks at once, and the durations added up (this
+    run's when recorded, else every entry's)."""
+    if run.get("elapsed_s") is None:
+        return html.escape(f"{clock(total)} (the notebooks' durations added up)")
+    jobs = run.get("jobs")
+    at_once = f", {int(jobs)} notebook{'s' if int(jobs) != 1 else ''} at a time" if \
+        isinstance(jobs, int) and not isinstance(jobs, bool) else ""
+    added = run.get("notebooks_s", total)
+    return html.escape(f"{clock(run['elapsed_s'])} (this run, wall clock{at_once}); the "
+                       f"notebooks' durations add up to {clock(added)}")
+
+
 def _about(entries, scale: str, run: dict, generated: str) -> str:
     esc = html.escape
     n_ok = sum(e["status"] == "ok" for e in entries)
@@ -276,9 +291,7 @@ def _about(entries, scale: str, run: dict, generated: str) -> str:
         ("scale", scale_text),
         ("notebooks", f"{n_ok} of {len(entries)} ok"
                       + (f", {skipped} table(s) skipped" if skipped else "")),
-        ("total time", esc(clock(total)) + " (the notebooks' durations added up"
-                       + (f"; this run {esc(clock(run['elapsed_s']))}" if run.get("elapsed_s")
-                          is not None else "") + ")"),
+        ("total time", _total_time(total, run)),
         ("device", esc(", ".join(devices)) if devices else '<span class="muted">not reported'
                                                             '</span>'),
         ("torch threads", esc(", ".join(map(str, threads))) if threads

@@ -139,7 +139,7 @@ class Limits:
 
 
 def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None = None,
-                         env: dict | None = None, extensions=()):
+                         env: dict | None = None, extensions=(), cwd=None):
     """An AsyncKernelManager class that always launches ipykernel in *this* interpreter.
 
     Registered kernelspecs are not consulted: this works in a fresh venv without a
@@ -147,8 +147,11 @@ def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None 
     (str -> str) are set for the kernel (inline figures, no GUI), the IPython
     `extensions` (module names) are loaded at its start, the kernel process's own stdout/stderr (its
     log, not cell output) go to `kernel_log` when given, every manager that starts a
-    kernel is appended to `started` (for `kill_kernels`), and CurveZMQ transport
-    encryption is used when the installed jupyter_client and pyzmq support it.
+    kernel is appended to `started` (for `kill_kernels`), the kernel starts in the folder
+    `cwd` when given (papermill's own ``cwd=`` changes the whole process's working
+    directory, which notebooks run from threads at the same time must not do), and
+    CurveZMQ transport encryption is used when the installed jupyter_client and pyzmq
+    support it.
     """
     import zmq
     from ipykernel.kernelspec import RESOURCES, get_kernel_dict
@@ -158,6 +161,7 @@ def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None 
 
     env = {str(k): str(v) for k, v in (env or {}).items()}
     extensions = [str(e) for e in extensions]
+    cwd = None if cwd is None else os.fspath(cwd)
     encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has(
         "curve"
     )
@@ -181,6 +185,8 @@ def kernel_manager_class(kernel_log: TextIO | None = None, started: list | None 
                 return "auto"
 
         async def start_kernel(self, **kw):
+            if cwd is not None:
+                kw["cwd"] = cwd
             if kernel_log is not None:
                 kw.setdefault("stdout", kernel_log)
                 kw.setdefault("stderr", kernel_log)

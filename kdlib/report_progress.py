@@ -10,8 +10,11 @@ report is unchanged. With KDLIB_KERNEL_INFO set, after each cell that has import
 the kernel writes {"device", "torch_threads"} there (JSON).
 
 Runner side: `ProgressLine` shows, per notebook, ``[i/n] name  12s  cell 5/14 (Heading)
-first line | sweep: 3/12 ...``: one updating line when the stream is a terminal, else
-plain lines (at every cell change and at most one per `interval_s` otherwise).
+first line | sweep: 3/12 ...``; `ProgressBoard` puts the lines of the notebooks running at
+once on one stream. On a terminal they form a block of lines (one per running notebook)
+below the runner's other messages, rewritten in place, and a notebook's final line moves
+above the block; in a log they are plain lines (at every cell change and at most one per
+`interval_s` otherwise).
 """
 
 from __future__ import annotations
@@ -179,6 +182,81 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+class ProgressBoard:
+    """One stream shared by the progress lines of the notebooks running at once.
+
+    File-like (``write``/``flush``): text written to it is shown as permanent lines, one
+    write call's complete lines together (each thread has its own line buffer). On a
+    terminal (`tty`) the live lines (`update`) form a block below the permanent ones,
+    each cut to the terminal width and rewritten in place; `finish` turns a live line
+    into a permanent one. In a log every update is a plain line.
+    """
+
+    def __init__(self, stream: TextIO, tty: bool | None = None):
+        if not hasattr(stream, "write"):
+            raise TypeError(f"stream must be a text stream, got {type(stream).__name__}")
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
+        self._live: dict = {}  # key -> text, in the order the lines appeared
+        self._drawn = 0  # live lines on the screen below the cursor's line
+        self._buffers: dict[int, str] = {}
+        self._lock = threading.RLock()
+
+    def _cut(self, text: str) -> str:
+        width = max(shutil.get_terminal_size((100, 20)).columns - 1, 20)
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    def _show(self, permanent=()) -> None:
+        """Write `permanent` lines, then the block of live lines (terminal) - one write."""
+        if not self.tty:
+            if permanent:
+                self.stream.write("".join(f"{line}\n" for line in permanent))
+                self.stream.flush()
+            return
+        out = f"\r\x1b[{self._drawn}A" if self._drawn else "\r"
+        out += "".join(f"{line}\x1b[K\n" for line in permanent)
+        out += "".join(f"{self._cut(text)}\x1b[K\n" for text in self._live.values())
+        out += "\x1b[J"  # erase what is left of a longer block
+        self._drawn = len(self._live)
+        self.stream.write(out)
+        self.stream.flush()
+
+    def update(self, key, text: str) -> None:
+        """Show `text` as the live line of `key` (a new one goes to the end of the block)."""
+        with self._lock:
+            if self.tty:
+                self._live[key] = text
+                self._show()
+            else:
+                self._show([text])
+
+    def finish(self, key, text: str) -> None:
+        """Drop the live line of `key` and print `text` as a permanent line."""
+        with self._lock:
+            self._live.pop(key, None)
+            self._show([text])
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, got {type(text).__name__}")
+        with self._lock:
+            ident = threading.get_ident()
+            buf = self._buffers.pop(ident, "") + text
+            complete, sep, rest = buf.rpartition("\n")
+            if rest:
+                self._buffers[ident] = rest
+            if sep:
+                self._show(complete.split("\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest = self._buffers.pop(threading.get_ident(), "")
+            if rest:
+                self._show([rest])
+            self.stream.flush()
+
+
 class ProgressLine:
     """The progress display of one notebook run.
 
@@ -190,9 +268,10 @@ class ProgressLine:
 
     def __init__(self, stream: TextIO, tag: str, n_cells: int, bars_path=None,
                  tty: bool | None = None, interval_s: float = 10.0, poll_s: float = 1.0):
+        self.board = stream if isinstance(stream, ProgressBoard) else ProgressBoard(stream, tty)
         self.stream, self.tag, self.n_cells = stream, tag, max(int(n_cells), 1)
         self.bars_path = Path(bars_path) if bars_path is not None else None
-        self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
+        self.tty = self.board.tty
         self.interval_s, self.poll_s = float(interval_s), float(poll_s)
         self.cell = 0
         self.label = ""
@@ -203,6 +282,7 @@ class ProgressLine:
         self._t0 = time.monotonic()
         self._last_emit = -1e9
         self._last_text = ""
+        self._done = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -253,13 +333,11 @@ class ProgressLine:
         return line
 
     def _write(self, text: str, final: bool = False) -> None:
-        if self.tty:
-            width = max(shutil.get_terminal_size((100, 20)).columns - 1, 20)
-            shown = text if len(text) <= width else text[: width - 3] + "..."
-            self.stream.write("\r" + shown + "\x1b[K" + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        if final:
+            self._done = True
+            self.board.finish(self, text)
+        elif not self._done:  # a poll that outlived finish() must not bring the line back
+            self.board.update(self, text)
 
     def poll(self, force: bool = False) -> None:
         """Read new bar lines and show the line: on a terminal whenever it changed, in a
@@ -300,5 +378,6 @@ class ProgressLine:
             self._write(text, final=True)
 
 
-__all__ = ["BAR_INTERVAL_S", "KERNEL_INFO_ENV", "PROGRESS_ENV", "ProgressLine", "cell_label",
-           "heading", "install_bars", "kernel_info", "load_ipython_extension", "read_bars"]
+__all__ = ["BAR_INTERVAL_S", "KERNEL_INFO_ENV", "PROGRESS_ENV", "ProgressBoard", "ProgressLine",
+           "cell_label", "heading", "install_bars", "kernel_info", "load_ipython_extension",
+           "read_bars"]

@@ -1,11 +1,11 @@
 """The report runner (kdlib.report, `python -m kdlib report`) and the scale presets.
 
 Real kernels are slow (seconds each), so the runner is executed three times in all
-(module-scoped fixtures, 7 kernels): over three tiny notebooks, into a folder holding an
-earlier good report of the one that raises; again with -p overrides, selection by number
-and by path, and a per-cell timeout; and once under a notebook timeout, stopped by
-SIGTERM while its second notebook sleeps. Every other test inspects those outputs or
-needs no kernel.
+(module-scoped fixtures, 8 kernels): over three tiny notebooks, two at a time (--jobs 2),
+into a folder holding an earlier good report of the one that raises; again with -p
+overrides, selection by number and by path, a per-cell timeout and a notebook timeout
+(--jobs auto); and once two at a time, stopped by SIGTERM while both notebooks sleep.
+Every other test inspects those outputs or needs no kernel.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from kdlib import headline as headline_module
-from kdlib import presets, report
+from kdlib import presets, report, report_jobs
 from kdlib.__main__ import build_parser, main
 
 NOTEBOOKS = {
@@ -174,21 +174,24 @@ def run(tmp_path_factory, env):
     _write(out / "summary.json", json.dumps({"scale": "smoke", "notebooks": [
         {"name": "01_raises", "status": "ok", "duration_s": 1.0, "html": "01_raises.html",
          "ipynb": "01_raises.ipynb"}]}))
-    proc = _run_cli(["--scale", "smoke", "--out", "out"], cwd=root, env=env)
+    proc = _run_cli(["--scale", "smoke", "--out", "out", "--jobs", "2"], cwd=root, env=env)
     return root, out, proc
 
 
 @pytest.fixture(scope="module")
 def rerun(run, env):
     """A second run into a copy of the first output: notebook 2 by number with -p
-    overrides plus a slow notebook by path, under a per-cell timeout."""
+    overrides plus a slow notebook and one of many short cells by path, under a per-cell
+    timeout (the slow one's) and a notebook timeout (the other's)."""
     root, out, _ = run
     out2 = root / "out2"
     shutil.copytree(out, out2)
     slow = _write(root / "extra" / "03_sleeps.py", SLOW_NOTEBOOK)
+    hangs = _write(root / "extra" / "04_hangs.py", HANGS_NOTEBOOK)
     proc = _run_cli(
         ["--scale", "smoke", "--out", "out2", "-p", "EPOCHS=5", "-p", "MODEL=resnet8",
-         "--cell-timeout", str(CELL_TIMEOUT_S), "2", str(slow)],
+         "--cell-timeout", str(CELL_TIMEOUT_S), "--notebook-timeout", str(NOTEBOOK_TIMEOUT_S),
+         "2", str(slow), str(hangs)],
         cwd=root, env=env,
     )
     return root, out2, proc
@@ -210,13 +213,27 @@ HANGS_NOTEBOOK = '''
     # %% tags=["parameters"]
     SCALE = "default"
     INTERACTIVE = True
+    EPOCHS = 1
+    MODEL = "none"
 
     # %%
     print("before the hang")
+    import time
 
     # %%
-    import time
-    time.sleep(120)
+    time.sleep(2)  # every cell is shorter than the cell timeout, all of them are longer
+
+    # %%
+    time.sleep(2)  # than the notebook timeout
+
+    # %%
+    time.sleep(2)
+
+    # %%
+    time.sleep(2)
+
+    # %%
+    time.sleep(2)
 '''
 
 SLEEPER_NOTEBOOK = '''
@@ -240,32 +257,32 @@ NOTEBOOK_TIMEOUT_S = 5
 
 @pytest.fixture(scope="module")
 def stopped(run, env):
-    """A real `python -m kdlib report` into a copy of the first output, under a 5 s
-    notebook timeout: 04_hangs times out, then 02_params (a sleeping version of it, with
-    a good report in the folder) gets SIGTERM while it sleeps."""
+    """A real `python -m kdlib report --jobs 2` into a copy of the first output: 02_params
+    (a sleeping version of it, with a good report in the folder) and 05_sleeps run at
+    once, and SIGTERM arrives while both sleep."""
     root, out, _ = run
     out3 = root / "out3"
     shutil.copytree(out, out3)
     before = _snapshot(out3)
-    pidfile = root / "kernel.pid"
-    hangs = _write(root / "extra3" / "04_hangs.py", HANGS_NOTEBOOK)
-    sleeper = _write(root / "extra3" / "02_params.py",
-                     SLEEPER_NOTEBOOK.format(pidfile=str(pidfile)))
+    pidfiles = [root / "kernel-02.pid", root / "kernel-05.pid"]
+    sleepers = [_write(root / "extra3" / name, SLEEPER_NOTEBOOK.format(pidfile=str(pid)))
+                for name, pid in zip(["02_params.py", "05_sleeps.py"], pidfiles)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "kdlib", "report", "--scale", "smoke", "--out", "out3",
-         "--notebook-timeout", str(NOTEBOOK_TIMEOUT_S), str(hangs), str(sleeper)],
+         "--jobs", "2", *map(str, sleepers)],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120
-    while not pidfile.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while (not all(p.exists() for p in pidfiles) and proc.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.1)
-    time.sleep(0.5)  # into the sleeping cell
+    time.sleep(0.5)  # into the sleeping cells
     t_signal = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     stop_s = time.monotonic() - t_signal
-    kernel_pid = int(pidfile.read_text()) if pidfile.exists() else None
-    return out3, before, proc.returncode, stderr, stop_s, kernel_pid
+    kernel_pids = [int(p.read_text()) if p.exists() else None for p in pidfiles]
+    return out3, before, proc.returncode, stderr, stop_s, kernel_pids
 
 
 def _stream_text(nb) -> str:
@@ -338,7 +355,7 @@ def test_marks_reach_summary_index_and_files(run):
     summary = _summary(out)
     assert summary["run"]["dry_run"] is False and summary["run"]["kdlib_version"]
     # live progress (stderr is not a terminal: plain lines): the cell and the bar
-    assert "kdlib report: 3 notebook(s) (scale=smoke) into " in proc.stderr
+    assert "kdlib report: 3 notebook(s) (scale=smoke, 2 at a time) into " in proc.stderr
     assert "[1/3] 00_headline  " in proc.stderr
     assert "cell 4/4 (The marks) import time" in proc.stderr
     assert "| epochs: " in proc.stderr
@@ -355,6 +372,31 @@ def test_exit_code_and_progress_on_stderr(run):
     assert "[3/3] 02_params" in proc.stderr
     assert "3 notebook(s): 2 ok, 1 failed" in proc.stderr
     assert "notebook" not in proc.stdout  # progress goes to stderr only
+
+
+def test_two_at_a_time_rows_in_order_and_run_times(run):
+    _, out, proc = run
+    # 01_raises started while 00_headline ran, and failed without stopping it
+    assert proc.stderr.index("[2/3] 01_raises  ") < proc.stderr.index("[1/3] 00_headline: ok")
+    assert proc.stderr.index("[3/3] 02_params  ") > min(
+        proc.stderr.index("[1/3] 00_headline: ok"), proc.stderr.index("[2/3] 01_raises: failed"))
+    summary = _summary(out)
+    assert [e["name"] for e in summary["notebooks"]] == list(NOTEBOOKS)  # notebook order
+    run_ = summary["run"]
+    assert run_["jobs"] == 2 and run_["state"] == "finished" and run_["done"] == 3
+    durations = sum(e["duration_s"] for e in summary["notebooks"])
+    assert run_["notebooks_s"] == pytest.approx(durations, abs=0.2)
+    assert 0 < run_["elapsed_s"]
+    index = (out / "index.html").read_text()
+    assert "(this run, wall clock, 2 notebooks at a time); the notebooks&#x27; durations " \
+           "add up to " in index
+    assert f"in {run_['elapsed_s']:.1f} s (2 at a time; the notebooks' durations add up to " \
+           f"{run_['notebooks_s']:.1f} s)" in proc.stderr
+    # two kernels share the cores: each gets cores // 2 OpenMP threads unless the user
+    # set them
+    if not os.environ.get("OMP_NUM_THREADS"):
+        expected = max(1, report_jobs.cpu_cores() // 2)
+        assert _entry(out, "00_headline")["kernel"]["torch_threads"] == expected
 
 
 def test_injected_scale_and_kernel_environment(run):
@@ -438,7 +480,7 @@ def test_failing_notebook_is_partial_and_others_still_run(run):
 def test_overrides_selection_and_timeout(rerun):
     root, out, proc = rerun
     assert proc.returncode == 1, proc.stderr
-    assert "[1/2] 02_params" in proc.stderr and "[2/2] 03_sleeps" in proc.stderr
+    assert "[1/3] 02_params" in proc.stderr and "[2/3] 03_sleeps" in proc.stderr
     text = _stream_text(nbformat.read(out / "02_params.ipynb", as_version=4))
     assert "epochs*2=10 model=resnet8 scale=smoke" in text
     assert _entry(out, "02_params")["parameters"] == {
@@ -457,7 +499,7 @@ def test_overrides_selection_and_timeout(rerun):
 def test_index_keeps_earlier_entries_of_the_same_scale(rerun):
     _, out, _ = rerun
     summary = _summary(out)
-    assert [e["name"] for e in summary["notebooks"]] == [*NOTEBOOKS, "03_sleeps"]
+    assert [e["name"] for e in summary["notebooks"]] == [*NOTEBOOKS, "03_sleeps", "04_hangs"]
     assert _entry(out, "00_headline")["headline"]["accuracy"] == 0.97
     index = (out / "index.html").read_text()
     assert "accuracy: <b>0.970</b>" in index and "03_sleeps.failed.html" in index
@@ -466,14 +508,15 @@ def test_index_keeps_earlier_entries_of_the_same_scale(rerun):
 # --------------------------------------------------------------------------- stopped run
 
 
-def test_notebook_timeout_stops_a_hanging_notebook_with_a_clear_message(stopped):
-    out, _, _, stderr, _, _ = stopped
+def test_notebook_timeout_stops_a_hanging_notebook_with_a_clear_message(rerun):
+    _, out, proc = rerun
+    stderr = proc.stderr
     entry = _entry(out, "04_hangs")
     assert entry["status"] == "timeout"
     assert entry["notebook_timeout_s"] == NOTEBOOK_TIMEOUT_S
     assert entry["error"]["ename"] == "NotebookTimeout"
     assert f"time limit of {NOTEBOOK_TIMEOUT_S} s" in entry["error"]["evalue"]
-    assert "time.sleep(120)" in entry["error"]["source"]  # the cell it hung in
+    assert "time.sleep(2)" in entry["error"]["source"]  # the cell it hung in
     assert NOTEBOOK_TIMEOUT_S <= entry["duration_s"] < 60
     assert entry["ipynb"] == "04_hangs.failed.ipynb" and entry["last_ok"] is None
     nb = nbformat.read(out / "04_hangs.failed.ipynb", as_version=4)
@@ -485,40 +528,46 @@ def test_notebook_timeout_stops_a_hanging_notebook_with_a_clear_message(stopped)
 
 
 def test_sigterm_keeps_old_reports_and_writes_the_index(stopped):
-    out, before, returncode, stderr, stop_s, kernel_pid = stopped
+    out, before, returncode, stderr, stop_s, kernel_pids = stopped
     assert returncode == 128 + signal.SIGTERM, stderr
     assert stop_s < 60
-    assert kernel_pid is not None, stderr
-    # the sleeping notebook's kernel is gone (or a zombie awaiting its reaper)
-    stat = Path(f"/proc/{kernel_pid}/stat")
-    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert None not in kernel_pids, stderr
+    # both sleeping notebooks' kernels are gone (or zombies awaiting their reaper)
+    for pid in kernel_pids:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
     # every earlier report is byte for byte as it was
     after = _snapshot(out)
     for name, data in before.items():
         if name not in ("index.html", "summary.json"):
             assert after[name] == data, name
     assert sorted(p for p in after if p.startswith(".")) == []  # no hidden partial files
-    new = {"02_params.failed.html", "02_params.failed.ipynb", "04_hangs.failed.html",
-           "04_hangs.failed.ipynb"}
+    new = {f"{stem}.failed.{ext}" for stem in ("02_params", "05_sleeps")
+           for ext in ("html", "ipynb")}
     assert new <= set(after) and set(after) - set(before) - new <= {
-        "02_params.failed.kernel.log", "04_hangs.failed.kernel.log"}
+        f"{stem}.failed.kernel.log" for stem in ("02_params", "05_sleeps")}
     summary = _summary(out)
     assert summary["run"]["state"] == "stopped" and summary["run"]["signal"] == "SIGTERM"
     assert summary["run"]["not_run"] == []
-    entry = _entry(out, "02_params")
-    assert entry["status"] == "stopped" and entry["error"]["ename"] == "Stopped"
-    assert "SIGTERM" in entry["error"]["evalue"]
-    assert "time.sleep(120)" in entry["error"]["source"]
-    assert entry["last_ok"] == {"html": "02_params.html", "ipynb": "02_params.ipynb"}
-    partial = nbformat.read(out / "02_params.failed.ipynb", as_version=4)
-    assert "sleeping" in _stream_text(partial)
-    assert "stopped by SIGTERM" in (out / "02_params.failed.html").read_text()
+    assert summary["run"]["jobs"] == 2 and summary["run"]["done"] == 2
+    for stem in ("02_params", "05_sleeps"):  # both running notebooks stopped cleanly
+        entry = _entry(out, stem)
+        assert entry["status"] == "stopped" and entry["error"]["ename"] == "Stopped"
+        assert "SIGTERM" in entry["error"]["evalue"]
+        assert "time.sleep(120)" in entry["error"]["source"]
+        assert entry["duration_s"] < 60
+        partial = nbformat.read(out / f"{stem}.failed.ipynb", as_version=4)
+        assert "sleeping" in _stream_text(partial)
+        assert "stopped by SIGTERM" in (out / f"{stem}.failed.html").read_text()
+        assert f"{stem}: stopped in " in stderr
+    assert _entry(out, "02_params")["last_ok"] == {"html": "02_params.html",
+                                                   "ipynb": "02_params.ipynb"}
+    assert _entry(out, "05_sleeps")["last_ok"] is None
     # entries of notebooks not run now are kept
     assert _entry(out, "00_headline")["headline"]["accuracy"] == 0.97
     index = (out / "index.html").read_text()
     assert "Run stopped by SIGTERM" in index and 'class="stopped">stopped<' in index
-    assert 'class="timeout">timeout<' in index
-    assert "stopped by SIGTERM after 2 of 2 notebook(s)" in stderr
+    assert "stopped by SIGTERM after 2 of 2 notebook(s) started" in stderr
 
 
 # --------------------------------------------------------------------------- no kernel

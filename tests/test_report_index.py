@@ -88,8 +88,9 @@ def test_index_row_shows_verdicts_thumbnail_figures_results_and_skipped(tmp_path
     assert "top1: <b>97.12% [96.80, 97.40]</b>" in page and "rho: <b>0.123</b>" in page
     assert '<a href="02_sweep.results/sweep.csv">sweep.csv</a>' in page
     assert '<div class="skipped">Table 3 skipped: fetch tiny-imagenet-200.zip</div>' in page
-    assert "<dt>total time</dt><dd>5 min 56 s (the notebooks' durations added up; " \
-           "this run 6 min 40 s)</dd>" in page
+    # no jobs recorded (an older summary): the wall time and every entry's durations
+    assert "<dt>total time</dt><dd>6 min 40 s (this run, wall clock); the notebooks&#x27; " \
+           "durations add up to 5 min 56 s</dd>" in page
     assert "<dt>device</dt><dd>CPU (2 cores)</dd>" in page
     assert "<dt>torch threads</dt><dd>1, 2</dd>" in page
     assert "<dt>kdlib</dt><dd>0.1.0, commit abc123</dd>" in page
@@ -111,3 +112,19 @@ def test_clock():
 
     assert [clock(s) for s in (0, 44.6, 60, 354.2, 3725)] == [
         "0 s", "45 s", "1 min 00 s", "5 min 54 s", "1 h 02 min"]
+
+
+def test_total_time_shows_the_wall_time_jobs_and_durations_added_up(tmp_path):
+    a, b = _result("00_a"), _result("01_b")
+    a.duration_s, b.duration_s = 300.0, 240.0
+    run = {"state": "finished", "jobs": 2, "elapsed_s": 310.4, "notebooks_s": 540.0}
+    page = render_index([vars(a), vars(b)], "default", run)
+    assert "<dt>total time</dt><dd>5 min 10 s (this run, wall clock, 2 notebooks at a " \
+           "time); the notebooks&#x27; durations add up to 9 min 00 s</dd>" in page
+    one = render_index([vars(a)], "default", {**run, "jobs": 1, "notebooks_s": 300.0})
+    assert "(this run, wall clock, 1 notebook at a time); the notebooks&#x27; durations " \
+           "add up to 5 min 00 s</dd>" in one
+    # no wall time recorded: the durations only
+    old = render_index([vars(a), vars(b)], "default", {"state": "finished"})
+    assert "<dt>total time</dt><dd>9 min 00 s (the notebooks&#x27; durations added up)</dd>" \
+        in old

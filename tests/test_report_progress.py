@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from kdlib.report_progress import ProgressLine, cell_label, heading, read_bars
+from kdlib.report_progress import ProgressBoard, ProgressLine, cell_label, heading, read_bars
 
 
 def test_read_bars_tracks_open_bars_in_order():
@@ -62,16 +62,89 @@ def test_log_lines_at_cell_changes_and_throttled_between(tmp_path, monkeypatch):
     ]
 
 
-def test_terminal_line_is_rewritten_in_place(tmp_path, monkeypatch):
+def _width(monkeypatch, columns):
     monkeypatch.setattr("kdlib.report_progress.shutil.get_terminal_size",
-                        lambda fallback: type("S", (), {"columns": 41})())
+                        lambda fallback: type("S", (), {"columns": columns})())
+
+
+def test_terminal_line_is_rewritten_in_place(tmp_path, monkeypatch):
+    _width(monkeypatch, 41)
     out = io.StringIO()
     line = ProgressLine(out, "[1/1] 00_a", 2, None, tty=True)
     line.on_cell_start(cell={"cell_type": "code", "source": "import a_module_with_a_long_name",
                              "metadata": {}})
     line.finish("[1/1] 00_a: ok in 1.0 s")
-    assert out.getvalue() == ("\r[1/1] 00_a  0s  cell 1/2 import a_mod...\x1b[K"
-                              "\r[1/1] 00_a: ok in 1.0 s\x1b[K\n")
+    # the live line is cut to 40 columns; the final line replaces it (cursor up one line)
+    assert out.getvalue() == ("\r[1/1] 00_a  0s  cell 1/2 import a_mod...\x1b[K\n\x1b[J"
+                              "\r\x1b[1A[1/1] 00_a: ok in 1.0 s\x1b[K\n\x1b[J")
+
+
+def test_board_keeps_one_line_per_running_notebook_in_a_block(monkeypatch):
+    _width(monkeypatch, 80)
+    out = io.StringIO()
+    board = ProgressBoard(out, tty=True)
+    board.update("a", "A 1")
+    board.update("b", "B 1")
+    board.update("a", "A 2")  # rewritten in its place, above B
+    print("a message", file=board)  # permanent, above the block
+    board.finish("a", "A: ok in 3.0 s")  # permanent; B moves up
+    board.finish("b", "B: failed in 4.0 s")
+    assert out.getvalue().split("\x1b[J") == [
+        "\rA 1\x1b[K\n",
+        "\r\x1b[1AA 1\x1b[K\nB 1\x1b[K\n",
+        "\r\x1b[2AA 2\x1b[K\nB 1\x1b[K\n",
+        "\r\x1b[2Aa message\x1b[K\nA 2\x1b[K\nB 1\x1b[K\n",
+        "\r\x1b[2AA: ok in 3.0 s\x1b[K\nB 1\x1b[K\n",
+        "\r\x1b[1AB: failed in 4.0 s\x1b[K\n",
+        ""]
+    # what a terminal shows at the end: the messages and final lines, no live line
+    assert _screen(out.getvalue()) == ["a message", "A: ok in 3.0 s", "B: failed in 4.0 s"]
+
+
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows after `text`: \\r, \\n, ESC[nA and ESC[J (ESC[K follows
+    every text here)."""
+    import re
+
+    rows, row = [""], 0
+    for token in re.findall(r"\x1b\[(\d*)([AKJ])|(\r)|(\n)|([^\x1b\r\n]+)", text):
+        n, code, cr, nl, chars = token
+        if code == "A":
+            row -= int(n or 1)
+        elif code == "J":  # erase below the cursor (here always at column 0)
+            rows[row] = ""
+            del rows[row + 1:]
+        elif nl:
+            row += 1
+            rows.extend([""] * (row + 1 - len(rows)))
+        elif chars:  # every text here is followed by ESC[K: it replaces the row
+            rows[row] = chars
+    return [r for r in rows if r]
+
+
+def test_board_in_a_log_writes_plain_lines_and_keeps_each_threads_lines_whole():
+    import threading
+
+    out = io.StringIO()
+    board = ProgressBoard(out, tty=False)
+    board.update("a", "A 1")
+
+    def say(name):
+        for k in range(50):
+            print(f"{name} {k} first", f"{name} {k} second", sep="\n", file=board)
+
+    threads = [threading.Thread(target=say, args=(n,)) for n in "xy"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    board.finish("a", "A: ok in 1.0 s")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "A 1" and lines[-1] == "A: ok in 1.0 s" and len(lines) == 202
+    assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
+    for i, line in enumerate(lines):  # a print's two lines stay together
+        if line.endswith(" first"):
+            assert lines[i + 1] == line.replace("first", "second")
 
 
 def test_install_bars_routes_disabled_bars_to_the_file(tmp_path):
