@@ -296,17 +296,17 @@ def _distill(folder, ds, teacher_model, tid, student, student_recipe, specs, see
                             seed, student_kwargs=student_kwargs or None, **kwargs)
 
 
-def _student_rows(specs, found, t_logits, labels, extra):
-    from kdlib.train import distillation_metrics
-
+def _student_rows(specs, found, t_logits, extra):
+    """One row per student: the engine's final metrics (`distillation_metrics` against the
+    teacher it distilled from, computed once when the student trained) and confidences."""
     t_conf = t_logits.softmax(1).amax(1)
     rows = []
     for spec, f in zip(specs, found):
         s_logits = f["test_logits"]
         s_conf = s_logits.softmax(1).amax(1)
         tau_conf = calibration.tempered_softmax(t_logits, spec["temperature"]).amax(1)
-        metrics = distillation_metrics(s_logits, t_logits, labels, spec["temperature"])
-        rows.append({**spec, **metrics, **extra, "seconds": float(f["record"]["seconds"]),
+        rec = f["record"]
+        rows.append({**spec, **rec["metrics"], **extra, "seconds": float(rec["seconds"]),
                      "cached": bool(f["cached"]),
                      "more_confident_than_teacher": float((s_conf > t_conf).float().mean()),
                      "more_confident_than_teacher_at_tau": float(
@@ -381,7 +381,7 @@ def run_students(data, teacher, teacher_kwargs, teacher_recipe, student, student
             found = _distill(folder, ds, arm_teacher, arm_tid, student, student_recipe, specs,
                              seed, student_kwargs, ckpt)
             t_logits = raw_logits if arm == "raw" else raw_logits / out["t_star"]
-            arm_rows = _student_rows(specs, found, t_logits, labels, extra)
+            arm_rows = _student_rows(specs, found, t_logits, extra)
             if calibration_holdout is not None:
                 for r in arm_rows:
                     r["raw_teacher_ece_at_tau"] = calibration.ece(
