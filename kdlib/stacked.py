@@ -1,4 +1,4 @@
-"""Train many copies of one architecture at once (torch.func: stacked state + vmap).
+"""Train many copies of one architecture at once, through the one loop of kdlib.engine.
 
 Two uses:
   * `distill_stacked`: the students of a temperature sweep that share a teacher. They see
@@ -11,28 +11,41 @@ Each member behaves as the same model trained alone by `kdlib.train` with the sa
 the batches are drawn from the same generators in the same order, SGD with momentum and
 weight decay is elementwise (one optimizer over stacked tensors = K optimizers), and the
 losses of the members are summed so their gradients do not mix.
+
+Representations of a stack ("modes"): "loop" (K ordinary modules run one after another),
+"vmap" (torch.func: stacked parameters, one vmapped call); more register in
+REPRESENTATIONS (a class taking the K modules, with the methods listed in kdlib.engine).
+`checkpoint_dir=` makes a call resumable: state.pt (every member's weights, momentum,
+BatchNorm statistics, the batch generators, the histories) is written atomically after
+every epoch, and the same call after a kill resumes from the last complete epoch.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
-from tqdm.auto import tqdm
 
-from kdlib._validate import check_choice, check_fraction, check_int
-from kdlib.devices import autocast, resolve_device
+from kdlib._validate import check_fraction, check_int
+from kdlib.devices import prepare_model, resolve_device
 from kdlib.distillers import full_precision, make_distiller
+from kdlib.engine import (
+    Engine,
+    StackState,
+    check_compile,
+    momentum_buffers,
+    set_momentum_buffers,
+    stack_test_logits,
+)
 from kdlib.losses import check_temperature, stacked_kd_dist
 from kdlib.recipe import Recipe
 from kdlib.train import (
-    DivergenceGuard,
     as_device_data,
     check_batches,
     check_callback,
+    check_checkpoint_dir,
     check_classes,
     check_module,
     check_targets,
@@ -47,7 +60,8 @@ SPEC_KEYS = ("loss", "temperature", "alpha")
 
 
 class StackedModels:
-    """K models of one architecture as stacked parameter/buffer tensors (leading dim K).
+    """K models of one architecture as stacked parameter/buffer tensors (leading dim K),
+    run as one vmapped functional call ("vmap").
 
     forward(x): x shared by all members (B x ...) or per member (K x B x ...) ->
     K x B x C logits.
@@ -94,25 +108,45 @@ class StackedModels:
         return vmap(one, in_dims=(0, 0, in_x), randomness="different")(
             self.params, self.buffers, x)
 
+    def split(self, tensors) -> list[dict]:
+        """Tensors aligned with parameters() (K x ... each) -> K dicts {name: tensor}."""
+        return [{n: t[i] for n, t in zip(self.params, tensors)} for i in range(self.k)]
+
+    def merge(self, dicts) -> list[torch.Tensor]:
+        """K dicts {name: tensor} -> stacked tensors aligned with parameters()."""
+        return [torch.stack([d[n] for d in dicts]) for n in self.params]
+
+    def member_states(self) -> list[dict]:
+        """K state_dicts; their tensors are views of the stack's (copy before changing)."""
+        return [{**{n: p[i].detach() for n, p in self.params.items()},
+                 **{n: b[i] for n, b in self.buffers.items()}} for i in range(self.k)]
+
+    def load_member_states(self, states) -> None:
+        states = list(states)
+        if len(states) != self.k:
+            raise ValueError(f"need {self.k} member states, got {len(states)}")
+        with torch.no_grad():
+            for group in (self.params, self.buffers):
+                for n, t in group.items():
+                    t.copy_(torch.stack([sd[n] for sd in states]).to(t.device, t.dtype))
+
     def unstack(self, like: torch.nn.Module) -> list[torch.nn.Module]:
         """K independent modules (copies of `like`) holding the members' weights (CPU)."""
         out = []
-        for i in range(self.k):
+        for state in self.member_states():
             m = copy.deepcopy(like).cpu()
-            state = {n: p[i].detach().cpu() for n, p in self.params.items()}
-            state.update({n: b[i].detach().cpu() for n, b in self.buffers.items()})
-            m.load_state_dict(state)
+            m.load_state_dict({n: t.detach().cpu() for n, t in state.items()})
             out.append(m)
         return out
 
 
 class LoopedModels:
-    """The StackedModels interface over K separate modules, run one after another.
+    """The StackedModels interface over K separate modules, run one after another ("loop").
 
     On a CPU a grouped (vmapped) convolution is no faster than K separate ones, so there
     the win of training students together is the shared batch and the single teacher
-    pass; the students' own forward passes run in a plain loop, exactly as alone.
-    forward(x) -> K x B x C logits.
+    pass; the students' own forward passes run in a plain loop, exactly as alone. A single
+    run (kdlib.train) is a LoopedModels of one. forward(x) -> K x B x C logits.
     """
 
     def __init__(self, models):
@@ -120,15 +154,17 @@ class LoopedModels:
         if not self.models:
             raise ValueError("need at least one model")
         self.k = len(self.models)
+        self.training = True
 
     def to(self, device):
-        self.models = [m.to(device) for m in self.models]
+        self.models = [prepare_model(m, torch.device(device)) for m in self.models]
         return self
 
     def parameters(self):
         return [p for m in self.models for p in m.parameters()]
 
     def train(self, mode: bool = True):
+        self.training = mode
         for m in self.models:
             m.train(mode)
         return self
@@ -139,56 +175,93 @@ class LoopedModels:
     def __call__(self, x, per_member: bool = False):
         if per_member:
             return torch.stack([m(xi) for m, xi in zip(self.models, x)])
+        if self.k == 1:
+            return self.models[0](x).unsqueeze(0)
         return torch.stack([m(x) for m in self.models])
+
+    def split(self, tensors) -> list[dict]:
+        tensors, out = list(tensors), []
+        for m in self.models:
+            names = [n for n, _ in m.named_parameters()]
+            out.append(dict(zip(names, tensors[:len(names)])))
+            tensors = tensors[len(names):]
+        return out
+
+    def merge(self, dicts) -> list[torch.Tensor]:
+        return [d[n] for m, d in zip(self.models, dicts) for n, _ in m.named_parameters()]
+
+    def member_states(self) -> list[dict]:
+        return [m.state_dict() for m in self.models]
+
+    def load_member_states(self, states) -> None:
+        states = list(states)
+        if len(states) != self.k:
+            raise ValueError(f"need {self.k} member states, got {len(states)}")
+        copies = [{n: t.detach().clone() for n, t in sd.items()} for sd in states]
+        for m, sd in zip(self.models, copies):  # copies: the states may alias the members
+            m.load_state_dict(sd)
 
     def unstack(self, like: torch.nn.Module) -> list[torch.nn.Module]:
         return self.models
 
 
+# mode -> representation class (constructor takes the K models); "auto" picks one per device
+REPRESENTATIONS = {"vmap": StackedModels, "loop": LoopedModels}
+AUTO_MODE = {"cuda": "vmap"}  # device type -> mode; any other device: "loop"
 STACK_MODES = ("auto", "vmap", "loop")
 
 
-def make_stack(models, mode: str, device: torch.device):
-    """StackedModels ("vmap") or LoopedModels ("loop"); "auto": vmap on CUDA, loop on CPU."""
-    if mode not in STACK_MODES:
-        raise ValueError(f"mode must be one of {STACK_MODES}, got {mode!r}")
+def resolve_mode(mode: str, device: torch.device) -> str:
+    """The representation "auto" stands for on `device` (vmap on CUDA, loop elsewhere)."""
+    modes = ("auto", *REPRESENTATIONS)
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {list(modes)}, got {mode!r}")
     if mode == "auto":
-        mode = "vmap" if device.type == "cuda" else "loop"
-    if mode == "vmap":
-        return StackedModels(models).to(device)
+        return AUTO_MODE.get(torch.device(device).type, "loop")
+    return mode
+
+
+def make_stack(models, mode: str, device: torch.device):
+    """The K models in representation `mode` on `device` ("auto": see resolve_mode).
+    The models must share one architecture (checked)."""
+    mode = resolve_mode(mode, device)
+    models = list(models)
     StackedModels(models)  # same architecture check
-    return LoopedModels(models).to(device)
+    return REPRESENTATIONS[mode](models).to(device)
 
 
-def _sgd(stack, recipe: Recipe):
-    opt = torch.optim.SGD(stack.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
-    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
+def _sync_back(stack, models) -> None:
+    """Write the trained members' weights back into the caller's modules (in place)."""
+    for m, s in zip(models, stack.unstack(models[0])):
+        if m is not s:
+            m.load_state_dict(s.state_dict())
 
 
-@torch.no_grad()
-def _stacked_test_logits(stack, dd, device, batch_size=1024) -> torch.Tensor:
-    stack.eval()
-    out = []
-    for b in dd.test_batches(batch_size):
-        with autocast(device):
-            out.append(stack(b.x).float())
-    stack.train()
-    return torch.cat(out, dim=1).cpu()  # K x N x C
+def _apply_carry(engine, carry) -> None:
+    """Start SGD from the momentum buffers in carry["momentum"] (K dicts, member names)."""
+    if carry is None or engine.start_epoch or not carry.get("momentum"):
+        return
+    if len(carry["momentum"]) != engine.stack.k:
+        raise ValueError(f"carry['momentum'] holds {len(carry['momentum'])} members, the "
+                         f"stack has {engine.stack.k}")
+    set_momentum_buffers(engine.opt, engine.stack.parameters(),
+                         engine.stack.merge(carry["momentum"]))
 
 
-def _end_epoch(histories, stack, dd, device, recipe, epoch, tot, correct, seen, eval_every):
-    """Append each member's row for `epoch` (train loss/accuracy, test metrics if due)."""
-    test = None
-    if eval_every and (epoch + 1) % eval_every == 0:
-        logits = _stacked_test_logits(stack, dd, device)
-        test = [classification_metrics(logits[i], dd.test_y.cpu()) for i in range(stack.k)]
-    for i, h in enumerate(histories):
-        row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
-               "train_loss": float(tot[i]) / seen, "train_accuracy": float(correct[i]) / seen}
-        if test is not None:
-            row.update({f"test_{key}": v for key, v in test[i].items()})
-        h.append(row)
+def _fill_carry(engine, carry) -> None:
+    if carry is None:
+        return
+    bufs = momentum_buffers(engine.opt, engine.stack.parameters())
+    carry["momentum"] = (None if any(b is None for b in bufs) else
+                         [{n: t.detach().clone() for n, t in d.items()}
+                          for d in engine.stack.split(bufs)])
+
+
+def _check_carry(carry):
+    if carry is not None and not isinstance(carry, dict):
+        raise TypeError(f"carry must be a dict (empty at first) or None, got "
+                        f"{type(carry).__name__}")
+    return carry
 
 
 def _check_common(recipe, seed, eval_every, progress):
@@ -230,18 +303,28 @@ def _check_spec(i: int, spec) -> dict:
 
 def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int = 0,
                     device="auto", progress: bool = True, eval_every: int = 0,
-                    step_callback=None, mode: str = "auto") -> list[dict]:
+                    step_callback=None, mode: str = "auto", checkpoint_dir=None,
+                    carry: dict | None = None, compile=False) -> list[dict]:
     """Distil one teacher into K students at once, all on the same batches.
 
     specs: one dict per student with "loss" ("kd", "dist" or a callable), "temperature" in
     [1e-3, 1e3] and optionally "alpha" in [0, 1] (default 1.0); no other keys.
     seed: the shared batch order and augmentation.
     eval_every: test metrics every that many epochs in the history (0: only at the end).
-    step_callback(step, losses): called with a K-vector of the members' losses per step.
+    step_callback(step, losses): called with a K-vector of the members' losses (float64,
+    CPU) after every step run (after a resume: only the steps run in this call).
     mode: "vmap" (torch.func stacking: grouped kernels, the fast path on a GPU), "loop" (the
     students' forward passes one after another: the fast path on a CPU, where grouped
-    convolutions gain nothing) or "auto" (vmap on CUDA, loop otherwise). Both share the
-    batches, the single teacher pass per batch and one optimizer step for all students.
+    convolutions gain nothing), another registered representation, or "auto" (vmap on
+    CUDA, loop otherwise). All share the batches, the single teacher pass per batch and one
+    optimizer step for all students.
+    checkpoint_dir: a folder (created if missing); state.pt is written there atomically after
+    every epoch, and the same call with the same folder resumes from the last complete epoch
+    (bit-identical on the CPU to an uninterrupted run; an unusable state.pt is moved aside
+    with a warning, one of another configuration raises ValueError).
+    carry: a dict shared by consecutive calls on the same students (e.g. the stages of an
+    online distillation): SGD starts from carry["momentum"] if present and leaves the
+    students' final momentum buffers there. compile: as in kdlib.train.train.
     The teacher's training mode and requires_grad flags are restored afterwards (also on
     errors). A non-finite loss of any student raises kdlib.train.TrainingDiverged.
     Returns one record per student, in the format of `kdlib.train.distill`.
@@ -258,14 +341,18 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
         raise ValueError("a student is the teacher module itself; distil into separate models")
     specs = [_check_spec(i, spec) for i, spec in enumerate(specs)]
     check_callback(step_callback, "step_callback")
-    check_choice(mode, "mode", STACK_MODES)
+    checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
+    carry = _check_carry(carry)
+    compile = check_compile(compile)
     dev = resolve_device(device)
+    mode = resolve_mode(mode, dev)
     dd = as_device_data(data, dev)
     flags = [p.requires_grad for p in teacher.parameters()]
     was_training = teacher.training
     try:
         return _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress,
-                                eval_every, step_callback, mode)
+                                eval_every, step_callback, mode, checkpoint_dir, carry,
+                                compile)
     finally:
         for p, flag in zip(teacher.parameters(), flags):
             p.requires_grad_(flag)
@@ -273,8 +360,8 @@ def distill_stacked(students, teacher, data, specs, recipe: Recipe, *, seed: int
 
 
 def _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress, eval_every,
-                     step_callback, mode):
-    teacher = teacher.to(dev).eval()
+                     step_callback, mode, checkpoint_dir, carry, compile):
+    teacher = prepare_model(teacher, dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     check_classes(teacher, dd, "teacher")
@@ -288,76 +375,65 @@ def _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress, 
     alphas = torch.tensor([d.alpha for d in distillers], device=dev)
     is_dist = torch.tensor([s["loss"] == "dist" for s in specs], device=dev) if vectorized \
         else None
+    stack = make_stack(students, mode, dev)
 
-    def losses_of(s_logits, t_logits, y):
+    def losses_fn(x, y, idx):
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = stack(x)
         if vectorized:  # all KD/DIST: a handful of batched ops instead of K small ones
             s32 = full_precision(s_logits)
-            return stacked_kd_dist(s32, full_precision(t_logits), taus.to(s32.dtype), is_dist,
-                                   alphas.to(s32.dtype), y, check_values=False)
-        return torch.stack([d(s_logits[i], t_logits, y) for i, d in enumerate(distillers)])
+            losses = stacked_kd_dist(s32, full_precision(t_logits), taus.to(s32.dtype),
+                                     is_dist, alphas.to(s32.dtype), y, check_values=False)
+        else:
+            losses = torch.stack([d(s_logits[i], t_logits, y)
+                                  for i, d in enumerate(distillers)])
+        return losses, s_logits
 
-    stack = make_stack(students, mode, dev)
-    opt, sched = _sgd(stack, recipe)
-    gen = torch.Generator().manual_seed(seed)
-    histories = [[] for _ in students]
     drop_single = has_batchnorm(students[0])  # as kdlib.train.distill does for each alone
+    check_batches(dd, recipe, drop_single)
     labels = [f"student {i} ({_loss_name(s['loss'])} at tau {s['temperature']:g})"
               for i, s in enumerate(specs)]
-    guard = DivergenceGuard(dev, recipe, check_batches(dd, recipe, drop_single), labels)
-    step = 0
-    t0 = time.perf_counter()
-    bar = tqdm(range(recipe.epochs), desc=f"{len(students)} stacked students",
-               disable=not progress, leave=False)
-    for epoch in bar:
-        stack.train()
-        tot = torch.zeros(stack.k, device=dev)
-        correct = torch.zeros(stack.k, device=dev)
-        seen = 0
-        for batch in dd.train_batches(recipe.batch_size, gen, augment=True,
-                                      drop_single=drop_single):
-            with autocast(dev):
-                with torch.no_grad():
-                    t_logits = teacher(batch.x)
-                s_logits = stack(batch.x)
-                losses = losses_of(s_logits, t_logits, batch.y)
-            guard.step(losses, step)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
-            n = batch.y.shape[0]
-            tot += losses.detach().float() * n
-            correct += (s_logits.detach().argmax(-1) == batch.y).sum(1)
-            seen += n
-            if step_callback is not None:
-                step_callback(step, losses.detach().double().cpu())
-            step += 1
-        guard.end_epoch()
-        sched.step()
-        _end_epoch(histories, stack, dd, dev, recipe, epoch, tot, correct, seen, eval_every)
-        bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
-    bar.close()
-    seconds = time.perf_counter() - t0
+    configs = []
+    for s in specs:
+        configs.append({"kind": "distill", "loss": _loss_name(s["loss"]),
+                        "temperature": s["temperature"], "alpha": s["alpha"],
+                        "recipe": recipe.to_dict(), "seed": seed,
+                        "device": dev.type, "student": type(students[0]).__name__,
+                        "teacher": type(teacher).__name__, "data": dd.dataset.name,
+                        "stacked": stack.k, **runtime_config(dev)})
+    state = None
+    if checkpoint_dir is not None:
+        state = StackState(checkpoint_dir, _state_config("distill_stacked", configs, mode, dev))
+    callback = None if step_callback is None else (
+        lambda step, losses: step_callback(step, losses.double().cpu()))
+    engine = Engine(stack, dd, recipe, losses_fn, gens=[torch.Generator().manual_seed(seed)],
+                    device=dev, drop_single=drop_single, members=labels, on_step=callback,
+                    eval_every=eval_every, progress=progress,
+                    desc=f"{len(students)} stacked students", state=state, compile=compile)
+    _apply_carry(engine, carry)
+    histories, seconds = engine.run()
+    _fill_carry(engine, carry)
 
-    s_logits = _stacked_test_logits(stack, dd, dev)
+    s_logits = stack_test_logits(stack, dd)
     t_logits = predict_logits(teacher, dd, dev)
     labels = dd.test_y.cpu()
-    trained = stack.unstack(students[0])
-    for m, s in zip(students, trained):
-        if m is not s:
-            m.load_state_dict(s.state_dict())
-    records = []
-    for i, s in enumerate(specs):
-        config = {"kind": "distill", "loss": _loss_name(s["loss"]),
-                  "temperature": s["temperature"], "alpha": s["alpha"],
-                  "recipe": recipe.to_dict(), "seed": seed,
-                  "device": dev.type, "student": type(students[0]).__name__,
-                  "teacher": type(teacher).__name__, "data": dd.dataset.name,
-                  "stacked": stack.k, **runtime_config(dev)}
-        records.append({"config": config, "history": histories[i],
-                        "metrics": distillation_metrics(s_logits[i], t_logits, labels,
-                                                        float(s["temperature"])),
-                        "metrics_from": "last_epoch", "seconds": seconds / stack.k})
-    return records
+    _sync_back(stack, students)
+    return [{"config": config, "history": histories[i],
+             "metrics": distillation_metrics(s_logits[i], t_logits, labels,
+                                             float(specs[i]["temperature"])),
+             "metrics_from": "last_epoch", "seconds": seconds / stack.k}
+            for i, config in enumerate(configs)]
+
+
+def _state_config(kind: str, configs: list[dict], mode: str, dev) -> dict:
+    """What a stacked state.pt must match to be resumed: the members' configurations
+    (without runtime keys) and, as runtime keys, the torch version, threads, device and
+    stack representation (a resume under others warns: not bit-identical)."""
+    from kdlib.engine import run_settings
+
+    return {"kind": kind, "members": [run_settings(c) for c in configs], "stack_mode": mode,
+            **runtime_config(dev)}
 
 
 def _loss_name(loss) -> str:
@@ -365,11 +441,14 @@ def _loss_name(loss) -> str:
 
 
 def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="auto",
-                  progress: bool = True, eval_every: int = 0) -> list[dict]:
+                  progress: bool = True, eval_every: int = 0, mode: str = "vmap",
+                  checkpoint_dir=None, step_callback=None, compile=False) -> list[dict]:
     """Train K independent runs at once; run i uses batch order/augmentation `seeds[i]`.
 
     targets: None (cross-entropy on labels), one N_train x C probability tensor shared by
     all runs, or a list of K of them (e.g. the posterior at different temperatures).
+    mode: the stack representation ("vmap", "loop", "auto", as in distill_stacked).
+    checkpoint_dir, step_callback, compile: as in distill_stacked.
     Member i matches `kdlib.train.train(models[i], data, recipe, seed=seeds[i], ...)`.
     Returns one record per run, in the format of `kdlib.train.train`.
     """
@@ -382,7 +461,11 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
                          f"{len(seeds)} seeds")
     _, eval_every = _check_common(recipe, 0, eval_every, progress)
     models = _check_members(models, "model")
+    check_callback(step_callback, "step_callback")
+    checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
+    compile = check_compile(compile)
     dev = resolve_device(device)
+    mode = resolve_mode(mode, dev)
     dd = as_device_data(data, dev)
     k = len(models)
     if targets is not None:
@@ -394,61 +477,37 @@ def train_stacked(models, data, recipe: Recipe, seeds, *, targets=None, device="
     for m in models:
         check_classes(m.to(dev), dd, "model")
 
-    stack = StackedModels(models).to(dev)
-    opt, sched = _sgd(stack, recipe)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    histories = [[] for _ in models]
+    stack = make_stack(models, mode, dev)
+
+    def losses_fn(x, y, idx):
+        logits = full_precision(stack(x, per_member=True))  # K x B x C
+        if targets is None:
+            per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            return per.view(k, -1).mean(1), logits
+        q = torch.gather(targets, 1, idx.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
+        return torch.stack([soft_cross_entropy(logits[i], q[i]) for i in range(k)]), logits
+
     drop_single = has_batchnorm(models[0])
-    guard = DivergenceGuard(dev, recipe, check_batches(dd, recipe, drop_single),
-                            [f"run {i} (seed {s})" for i, s in enumerate(seeds)])
-    step = 0
-    t0 = time.perf_counter()
-    bar = tqdm(range(recipe.epochs), desc=f"{k} stacked runs", disable=not progress, leave=False)
-    for epoch in bar:
-        stack.train()
-        tot = torch.zeros(k, device=dev)
-        correct = torch.zeros(k, device=dev)
-        seen = 0
-        iters = [dd.train_batches(recipe.batch_size, g, augment=True, drop_single=drop_single)
-                 for g in gens]
-        for batches in zip(*iters):
-            x = torch.stack([b.x for b in batches])
-            y = torch.stack([b.y for b in batches])
-            with autocast(dev):
-                logits = full_precision(stack(x, per_member=True))  # K x B x C
-                if targets is None:
-                    per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-                    losses = per.view(k, -1).mean(1)
-                else:
-                    idx = torch.stack([b.idx for b in batches])
-                    q = torch.gather(targets, 1, idx.unsqueeze(-1).expand(-1, -1,
-                                                                           targets.shape[-1]))
-                    losses = torch.stack([soft_cross_entropy(logits[i], q[i]) for i in range(k)])
-            guard.step(losses, step)
-            step += 1
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
-            n = y.shape[1]
-            tot += losses.detach() * n
-            correct += (logits.detach().argmax(-1) == y).sum(1)
-            seen += n
-        guard.end_epoch()
-        sched.step()
-        _end_epoch(histories, stack, dd, dev, recipe, epoch, tot, correct, seen, eval_every)
-        bar.set_postfix(mean_loss=f"{float(tot.mean()) / seen:.3f}")
-    bar.close()
-    seconds = time.perf_counter() - t0
-    logits = _stacked_test_logits(stack, dd, dev)
-    for m, s in zip(models, stack.unstack(models[0])):
-        m.load_state_dict(s.state_dict())
-    records = []
-    for i in range(k):
-        config = {"kind": "train", "recipe": recipe.to_dict(), "seed": seeds[i],
-                  "targets": "labels" if targets is None else "soft", "device": dev.type,
-                  "model": type(models[0]).__name__, "data": dd.dataset.name,
-                  "stacked": k, **runtime_config(dev)}
-        records.append({"config": config, "history": histories[i],
-                        "metrics": classification_metrics(logits[i], dd.test_y.cpu()),
-                        "metrics_from": "last_epoch", "seconds": seconds / k})
-    return records
+    check_batches(dd, recipe, drop_single)
+    configs = [{"kind": "train", "recipe": recipe.to_dict(), "seed": seeds[i],
+                "targets": "labels" if targets is None else "soft", "device": dev.type,
+                "model": type(models[0]).__name__, "data": dd.dataset.name,
+                "stacked": k, **runtime_config(dev)} for i in range(k)]
+    state = None
+    if checkpoint_dir is not None:
+        state = StackState(checkpoint_dir, _state_config("train_stacked", configs, mode, dev))
+    callback = None if step_callback is None else (
+        lambda step, losses: step_callback(step, losses.double().cpu()))
+    engine = Engine(stack, dd, recipe, losses_fn,
+                    gens=[torch.Generator().manual_seed(s) for s in seeds], device=dev,
+                    drop_single=drop_single,
+                    members=[f"run {i} (seed {s})" for i, s in enumerate(seeds)],
+                    on_step=callback, eval_every=eval_every, progress=progress,
+                    desc=f"{k} stacked runs", state=state, compile=compile,
+                    per_member_batches=True)
+    histories, seconds = engine.run()
+    logits = stack_test_logits(stack, dd)
+    _sync_back(stack, models)
+    return [{"config": configs[i], "history": histories[i],
+             "metrics": classification_metrics(logits[i], dd.test_y.cpu()),
+             "metrics_from": "last_epoch", "seconds": seconds / k} for i in range(k)]

@@ -212,7 +212,8 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
     Trains in place (the weights are written back into `models`) and returns one record per
     run in the format of `kdlib.train.train` (metrics from the last epoch).
     """
-    from kdlib.train import classification_metrics
+    from kdlib.engine import lr_schedule
+    from kdlib.train import classification_metrics, runtime_config
 
     models = _check_models(models)
     seeds = [check_int(s, "seed", minimum=0) for s in seeds]
@@ -270,11 +271,12 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
     tensors = (train_x, train_y, tgt, tgt_sum, inv_size)
     histories = [[] for _ in models]
     t0 = time.perf_counter()
+    schedule = lr_schedule(recipe)  # the engine's (torch MultiStepLR's) values, bit for bit
     bar = tqdm(range(recipe.epochs), desc=f"{k} stacked MLPs", disable=not progress,
                leave=False)
     try:
         for epoch in bar:
-            lr = recipe.lr_at(epoch)
+            lr = schedule[epoch]
             epoch_of = methodcaller("run_epoch", fn, tensors, member_target, recipe, lr)
             results = list((map if pool is None else pool.map)(epoch_of, groups))
             loss_sums = torch.cat([r[0] for r in results])
@@ -286,7 +288,8 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
                 lg = stacked_mlp_logits(_params_of(groups), test_x).float().cpu()
                 test = [classification_metrics(lg[i], test_y.cpu()) for i in range(k)]
             for i, h in enumerate(histories):
-                row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(losses[i]),
+                row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
+                       "train_loss": float(losses[i]),
                        "train_accuracy": float(acc[i])}
                 if test is not None:
                     row.update({f"test_{key}": v for key, v in test[i].items()})
@@ -309,7 +312,7 @@ def train_mlps_stacked(models, data, recipe: Recipe, seeds, *, targets=None, dev
                   "targets": "labels" if per_member[i] is None else "soft", "device": dev.type,
                   "model": "MLP", "hidden": list(models[0].hidden),
                   "data": getattr(data, "name", "?"), "stacked": k, "engine": "stacked_mlp",
-                  "workers": n_workers}
+                  "workers": n_workers, **runtime_config(dev)}
         records.append({"config": config, "history": histories[i],
                         "metrics": classification_metrics(logits[i], test_y.cpu()),
                         "metrics_from": "last_epoch", "seconds": seconds / k})

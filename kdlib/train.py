@@ -1,7 +1,10 @@
-"""The training and distillation engine.
+"""Training and distillation of one model.
 
     record = train(model, data, recipe)                          # a teacher, cross-entropy
     record = distill(student, teacher, data, "kd", 4.0, recipe)  # a student
+
+Both run through the one loop of `kdlib.engine` as a stack of one member (the stacked
+runs of `kdlib.stacked` go through the same loop with K members).
 
 `data` is a `kdlib.data.Dataset` (or a `kdlib.batches.DeviceData` already on the device).
 Batches are index slices of tensors on the training device, augmented as whole batches.
@@ -21,104 +24,32 @@ a run is bit-identical only for the same seed, thread count, device and torch ve
 
 from __future__ import annotations
 
-import copy
-import math
 import os
-import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from kdlib import calibration, fidelity
 from kdlib._validate import as_tensor, check_finite_tensor, check_fraction, check_int
 from kdlib.batches import DeviceData
-from kdlib.checkpoint import CorruptCheckpointError, load_checkpoint, move_aside, save_atomic
-from kdlib.devices import autocast, prepare_model, resolve_device
+from kdlib.devices import prepare_model, resolve_device
 from kdlib.distillers import Distiller, check_loss_kwargs, full_precision, make_distiller
+from kdlib.engine import (  # noqa: F401 - re-exported: kdlib.train is their public home
+    RUNTIME_KEYS,
+    STATE_KEYS,
+    DivergenceGuard,
+    Engine,
+    SingleState,
+    TrainingDiverged,
+    check_compile,
+)
 from kdlib.losses import check_temperature
 from kdlib.recipe import Recipe
 
 ECE_BINS = 15
-# config keys that describe where a run ran, not what it is: a resume may differ in them
-RUNTIME_KEYS = ("torch_version", "torch_threads", "device_name")
-STATE_KEYS = ("model", "extra", "optimizer", "scheduler", "generator", "history", "config")
 # loss_kwargs a user may pass to distill() (FitNet's stage shapes are measured from the models)
 USER_LOSS_KWARGS = {"kd": (), "dist": ("beta", "gamma"), "fitnet": ("hint_weight", "stage")}
-
-
-# ---------------------------------------------------------------- divergence
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or inf (inputs were checked finite at entry)."""
-
-
-class DivergenceGuard:
-    """Stops a run at the step whose training loss is NaN/inf, naming epoch, step and loss.
-
-    guard = DivergenceGuard(device, recipe, steps_per_epoch[, members])
-    guard.step(loss, step)    # every step; loss: 0-d tensor or a K-vector (stacked members)
-    guard.end_epoch()         # once per epoch, before the epoch's checkpoint is written
-
-    CPU (deferred=False): each step's loss is tested at once (a CPU tensor read as Python
-    floats: no device sync, about 2 microseconds against steps of milliseconds); the error
-    comes before that step's backward pass, so the model keeps the last finite weights.
-    Other devices (deferred=True, the default off the CPU): to avoid one host sync per
-    step, the first non-finite step and its loss are recorded on the device (a few tiny
-    kernels, no sync) and read once per epoch in end_epoch(); the
-    error still names the exact step, but comes at the end of its epoch (the weights are
-    then non-finite) and before that epoch's state.pt is written, so a resume restarts from
-    the last good epoch. `step` is the 0-based global step index, as passed to on_step.
-    """
-
-    def __init__(self, device: torch.device, recipe: Recipe, steps_per_epoch: int,
-                 members: list[str] | None = None, deferred: bool | None = None):
-        self.lr = recipe.lr
-        self.epochs = recipe.epochs
-        self.steps_per_epoch = steps_per_epoch
-        self.members = members
-        self.deferred = torch.device(device).type != "cpu" if deferred is None else deferred
-        self._bad_step = self._bad_loss = None
-
-    def step(self, loss: torch.Tensor, step: int) -> None:
-        loss = loss.detach()
-        if not self.deferred:  # .tolist() of a few CPU floats: ~2 us, a tensor op ~25 us
-            if not all(map(math.isfinite, loss.reshape(-1).tolist())):
-                self._raise(step, loss)
-            return
-        bad = ~torch.isfinite(loss).all()
-        if self._bad_step is None:
-            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-            self._bad_loss = torch.zeros_like(loss, dtype=torch.float32)
-        first = bad & (self._bad_step < 0)
-        self._bad_step = torch.where(first, step, self._bad_step)
-        self._bad_loss = torch.where(first, loss.float(), self._bad_loss)
-
-    def end_epoch(self) -> None:
-        if self.deferred and self._bad_step is not None:
-            step = int(self._bad_step)  # the one host sync of the epoch
-            if step >= 0:
-                self._raise(step, self._bad_loss.cpu())
-
-    def _raise(self, step: int, loss: torch.Tensor) -> None:
-        epoch, within = divmod(step, self.steps_per_epoch)
-        values = loss.reshape(-1).tolist()
-        if self.members is None:
-            what = f"the training loss is {values[0]}"
-        else:
-            bad = [f"{self.members[i]}: {v}" for i, v in enumerate(values)
-                   if not math.isfinite(v)]
-            what = f"the training loss of {len(bad)} of {len(values)} members is non-finite " \
-                   f"({'; '.join(bad)})"
-        raise TrainingDiverged(
-            f"training diverged at epoch {epoch + 1} of {self.epochs}, step {within + 1} of "
-            f"{self.steps_per_epoch} in that epoch (global step {step}): {what}. The inputs "
-            f"were checked finite at the start, so the likely cause is a learning rate too "
-            f"high for this model and loss (recipe.lr = {self.lr:g}): lower it, e.g. "
-            f"Recipe.replace(lr={self.lr / 10:g})")
 
 
 # ---------------------------------------------------------------- helpers
@@ -215,7 +146,8 @@ def check_classes(model, dd: DeviceData, role: str) -> None:
 
 @torch.no_grad()
 def predict_logits(model, data, device="auto", batch_size: int = 1024) -> torch.Tensor:
-    """Logits of `model` (eval mode) on the unaugmented test split: N x C float32, on CPU."""
+    """Logits of `model` (eval mode) on the unaugmented test split: N x C float32, on CPU.
+    Computed in fp32 (no autocast), so every metric derived from them is too."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device)
@@ -225,8 +157,7 @@ def predict_logits(model, data, device="auto", batch_size: int = 1024) -> torch.
     model.eval()
     out = []
     for b in dd.test_batches(batch_size):
-        with autocast(dev):
-            out.append(model(b.x).float())
+        out.append(model(b.x).float())
     model.train(was_training)
     return torch.cat(out).cpu()
 
@@ -266,144 +197,32 @@ def make_model(arch: str, data, seed: int = 0, **kwargs) -> torch.nn.Module:
         return build_model(arch, data.num_classes, in_channels=shape[0], **kwargs)
 
 
-# ---------------------------------------------------------------- the loop
-
-
-def _run_settings(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
-
-
-def _optimizer(modules, recipe: Recipe):
-    params = [p for m in modules for p in m.parameters()]
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
-    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, list(recipe.milestones), recipe.gamma)
-
-
-def _resume(state_path: Path, modules, recipe, seed, config):
-    """(opt, sched, gen, history) from state.pt, or fresh ones (None history) if there is
-    none. An unreadable or incomplete state.pt is moved aside with a warning (start over);
-    one written for other settings raises ValueError."""
-    opt, sched = _optimizer(modules, recipe)
-    gen = torch.Generator().manual_seed(seed)
-    if not state_path.exists():
-        return opt, sched, gen, None
-    try:
-        state = load_checkpoint(state_path)
-        missing = [k for k in STATE_KEYS if k not in state]
-        if missing:
-            raise CorruptCheckpointError(f"{state_path} lacks {missing}")
-    except CorruptCheckpointError as err:
-        _start_over(state_path, err)
-        return opt, sched, gen, None
-    stored = state["config"]
-    if not isinstance(stored, dict) or _run_settings(stored) != _run_settings(config):
-        raise ValueError(
-            f"{state_path} holds a run with a different configuration; use a fresh "
-            f"checkpoint_dir or delete it"
-        )
-    changed = {k: (stored[k], config[k]) for k in RUNTIME_KEYS  # older states lack them
-               if k in stored and stored[k] != config[k]}
-    if changed:
-        warnings.warn(f"resuming {state_path} with other runtime settings {changed} "
-                      f"(stored, now): the result will not be bit-identical to an "
-                      f"uninterrupted run", stacklevel=3)
-    backup = [copy.deepcopy(m.state_dict()) for m in modules]
-    try:
-        if len(state["extra"]) != len(modules) - 1:
-            raise ValueError(f"{len(state['extra'])} extra module states for "
-                             f"{len(modules) - 1} modules")
-        for m, sd in zip(modules, [state["model"], *state["extra"]]):
-            m.load_state_dict(sd)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        history = list(state["history"])
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
-        for m, sd in zip(modules, backup):
-            m.load_state_dict(sd)
-        _start_over(state_path, err)
-        opt, sched = _optimizer(modules, recipe)
-        return opt, sched, torch.Generator().manual_seed(seed), None
-    return opt, sched, gen, history
-
-
-def _start_over(state_path: Path, err: Exception) -> None:
-    moved = move_aside(state_path)
-    warnings.warn(f"checkpoint {state_path} is unusable ({err}); moved aside to {moved}; "
-                  f"training starts over from epoch 1", stacklevel=4)
+# ---------------------------------------------------------------- one run = a stack of one
 
 
 def _fit(model, dd, recipe, step_loss, *, extra_modules=(), device, seed, checkpoint_dir,
-         progress, config, desc, eval_every=1, on_step=None):
-    """Shared SGD loop. step_loss(batch) -> (loss, logits). Returns (history, seconds).
+         progress, config, desc, eval_every=1, on_step=None, compile=False):
+    """One run through kdlib.engine as a stack of one. step_loss(batch) -> (loss, logits).
+    Returns (history, seconds). Models with BatchNorm skip a final batch of one sample."""
+    from kdlib.batches import Batch
+    from kdlib.stacked import LoopedModels
 
-    eval_every: test metrics in the history every that many epochs (0: never).
-    on_step(step, loss): called after every optimizer step with the loss as a float.
-    A non-finite loss raises TrainingDiverged (DivergenceGuard); models with BatchNorm skip a
-    final training batch of one sample.
-    """
-    modules = [model, *extra_modules]
-    drop_single = has_batchnorm(*modules)
-    steps_per_epoch = check_batches(dd, recipe, drop_single)
-    history: list[dict] = []
-    start_epoch = 0
-    state_path = Path(checkpoint_dir) / "state.pt" if checkpoint_dir else None
-    if state_path is not None:
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        opt, sched, gen, resumed = _resume(state_path, modules, recipe, seed, config)
-        if resumed is not None:
-            history, start_epoch = resumed, len(resumed)
-    else:
-        opt, sched = _optimizer(modules, recipe)
-        gen = torch.Generator().manual_seed(seed)
-    guard = DivergenceGuard(device, recipe, steps_per_epoch)
+    stack = LoopedModels([model])
 
-    step = start_epoch * steps_per_epoch
-    t0 = time.perf_counter()
-    bar = tqdm(range(start_epoch, recipe.epochs), desc=desc, disable=not progress,
-               initial=start_epoch, total=recipe.epochs, leave=False)
-    for epoch in bar:
-        model.train()
-        for m in extra_modules:
-            m.train()
-        tot_loss = torch.zeros((), device=device)
-        tot_correct = torch.zeros((), device=device)
-        seen = 0
-        for batch in dd.train_batches(recipe.batch_size, gen, augment=True,
-                                      drop_single=drop_single):
-            with autocast(device):
-                loss, logits = step_loss(batch)
-            guard.step(loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n = batch.y.shape[0]
-            tot_loss += loss.detach().float() * n
-            tot_correct += (logits.detach().argmax(1) == batch.y).sum()
-            seen += n
-            if on_step is not None:
-                on_step(step, float(loss.detach()))
-            step += 1
-        guard.end_epoch()
-        sched.step()
-        test = evaluate(model, dd, device) if eval_every and (epoch + 1) % eval_every == 0 else {}
-        row = {"epoch": epoch + 1, "lr": recipe.lr_at(epoch),
-               "train_loss": float(tot_loss) / seen, "train_accuracy": float(tot_correct) / seen,
-               **{f"test_{k}": v for k, v in test.items()}}
-        history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                        acc=f"{row.get('test_accuracy', float('nan')):.3f}")
-        if state_path is not None:
-            if recipe.checkpoint_every and (epoch + 1) % recipe.checkpoint_every == 0:
-                save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "config": config},
-                            Path(checkpoint_dir) / f"epoch_{epoch + 1:04d}.pt")
-            save_atomic({"model": model.state_dict(), "extra": [m.state_dict() for m in
-                         extra_modules], "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                         "history": history, "config": config}, state_path)
-    bar.close()
-    return history, time.perf_counter() - t0
+    def losses_fn(x, y, idx):
+        loss, logits = step_loss(Batch(x, y, idx))
+        return loss.reshape(1), logits.unsqueeze(0)
+
+    state = SingleState(checkpoint_dir, config, recipe) if checkpoint_dir else None
+    callback = None if on_step is None else (lambda step, losses: on_step(step,
+                                                                            float(losses[0])))
+    engine = Engine(stack, dd, recipe, losses_fn, gens=[torch.Generator().manual_seed(seed)],
+                    device=device, extra_modules=extra_modules,
+                    drop_single=has_batchnorm(model, *extra_modules), on_step=callback,
+                    eval_every=eval_every, progress=progress, desc=desc, state=state,
+                    compile=compile)
+    histories, seconds = engine.run()
+    return histories[0], seconds
 
 
 def _common_checks(recipe, seed, *, progress=True, name=None, eval_every=1, on_step=None,
@@ -445,7 +264,7 @@ def check_targets(targets, dd: DeviceData) -> torch.Tensor:
 
 def train(model, data, recipe: Recipe, *, targets=None, device="auto", seed: int = 0,
           checkpoint_dir=None, progress: bool = True, name: str | None = None,
-          eval_every: int = 1, on_step=None) -> dict:
+          eval_every: int = 1, on_step=None, compile=False) -> dict:
     """Train `model` with cross-entropy on the labels, or on soft `targets`.
 
     targets: optional N_train x C probabilities (e.g. a GMM's exact posterior); the loss is
@@ -454,13 +273,16 @@ def train(model, data, recipe: Recipe, *, targets=None, device="auto", seed: int
     recipe.checkpoint_every epochs; rerunning with the same folder resumes (an unreadable
     state.pt is moved aside with a warning and the run starts over). eval_every: test
     metrics in the history every that many epochs (0: only at the end). on_step(step, loss):
-    per-step callback. Raises TrainingDiverged if the loss becomes NaN/inf.
+    per-step callback. compile: wrap the step's forward pass and loss in torch.compile
+    (True; or a backend name such as "aot_eager"); off by default. Raises TrainingDiverged
+    if the loss becomes NaN/inf.
     """
     from kdlib.losses import soft_cross_entropy
 
     seed, eval_every, checkpoint_dir = _common_checks(
         recipe, seed, progress=progress, name=name, eval_every=eval_every, on_step=on_step,
         checkpoint_dir=checkpoint_dir)
+    compile = check_compile(compile)
     check_module(model, "model")
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
@@ -482,7 +304,8 @@ def train(model, data, recipe: Recipe, *, targets=None, device="auto", seed: int
               "model": type(model).__name__, "data": dd.dataset.name, **runtime_config(dev)}
     history, seconds = _fit(model, dd, recipe, step_loss, device=dev, seed=seed,
                             checkpoint_dir=checkpoint_dir, progress=progress, config=config,
-                            desc=name or "train", eval_every=eval_every, on_step=on_step)
+                            desc=name or "train", eval_every=eval_every, on_step=on_step,
+                            compile=compile)
     logits = predict_logits(model, dd, dev)
     metrics = classification_metrics(logits, dd.test_y.cpu())
     return {"config": config, "history": history, "metrics": metrics,
@@ -532,7 +355,7 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
             alpha: float = 1.0, device="auto", seed: int = 0, checkpoint_dir=None,
             progress: bool = True, name: str | None = None, loss_kwargs: dict | None = None,
             teacher_logits: torch.Tensor | None = None, eval_every: int = 1,
-            on_step=None) -> dict:
+            on_step=None, compile=False) -> dict:
     """Distil `teacher` into `student` with `loss` ("kd", "dist", "fitnet" or a callable
     fn(student_logits, teacher_logits, temperature) -> 0-d tensor) at `temperature` in
     [1e-3, 1e3].
@@ -546,13 +369,14 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
     teacher_logits: the teacher's N_test x C test logits if already computed (saves one
     pass). Record metrics: student accuracy/ECE/NLL, agreement and mean KL(teacher ||
     student) at T = 1 on the test set, the teacher's accuracy and its ECE at `temperature`.
-    Raises TrainingDiverged if the loss becomes NaN/inf.
+    compile: as in `train`. Raises TrainingDiverged if the loss becomes NaN/inf.
     """
     seed, eval_every, checkpoint_dir = _common_checks(
         recipe, seed, progress=progress, name=name, eval_every=eval_every, on_step=on_step,
         checkpoint_dir=checkpoint_dir)
     temperature = check_temperature(temperature)
     alpha = check_fraction(alpha, "alpha")
+    compile = check_compile(compile)
     check_module(student, "student")
     check_module(teacher, "teacher")
     _check_distinct(student, teacher)
@@ -567,7 +391,7 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
     try:
         return _distill(student, teacher, dd, loss, temperature, recipe, alpha, dev, seed,
                         checkpoint_dir, progress, name, loss_kwargs, teacher_logits,
-                        eval_every, on_step)
+                        eval_every, on_step, compile)
     finally:
         for p, flag in zip(teacher.parameters(), flags):
             p.requires_grad_(flag)
@@ -576,7 +400,7 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
 
 def _distill(student, teacher, dd, loss, temperature, recipe, alpha, dev, seed,
              checkpoint_dir, progress, name, loss_kwargs, teacher_logits, eval_every,
-             on_step) -> dict:
+             on_step, compile=False) -> dict:
     student = prepare_model(student, dev)
     teacher = prepare_model(teacher, dev).eval()
     for p in teacher.parameters():
@@ -606,7 +430,7 @@ def _distill(student, teacher, dd, loss, temperature, recipe, alpha, dev, seed,
                             device=dev, seed=seed, checkpoint_dir=checkpoint_dir,
                             progress=progress, config=config,
                             desc=name or f"{loss_name}@{temperature:g}",
-                            eval_every=eval_every, on_step=on_step)
+                            eval_every=eval_every, on_step=on_step, compile=compile)
     s_logits = predict_logits(student, dd, dev)
     t_logits = predict_logits(teacher, dd, dev) if teacher_logits is None else teacher_logits
     metrics = distillation_metrics(s_logits, t_logits, dd.test_y.cpu(), temperature)
