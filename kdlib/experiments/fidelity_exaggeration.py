@@ -344,10 +344,10 @@ def claims(corr: pd.DataFrame) -> pd.DataFrame:
     Per loss (not the pooled "both" row): fidelity goes with accuracy (agreement vs accuracy
     > 0, KL(teacher || student) vs accuracy < 0); the paper's Tables 6, 9: KD accuracy falls
     as the teacher's ECE at tau rises (< 0), DIST insensitive
-    (|rho| <= temperature_sweep.DIST_TOLERANCE). A missing row or NaN rho (fewer than 3
+    (|rho| <= common.DIST_TOLERANCE). A missing row or NaN rho (fewer than 3
     temperatures) gives no row / 'inconclusive'."""
     from kdlib import claims as cl
-    from kdlib.experiments.temperature_sweep import DIST_TOLERANCE
+    from kdlib.experiments.common import DIST_TOLERANCE
 
     if not isinstance(corr, pd.DataFrame):
         raise TypeError(f"corr must be a DataFrame (fidelity_correlations), got "
