@@ -188,8 +188,12 @@ def test_grid_validation():
     cfg = presets.get(tf.NAME, "smoke")
     with pytest.raises(ValueError, match="keys"):
         tf.grid(cfg, {"calibrated": 1.0})
-    with pytest.raises(ValueError, match="embed_seeds"):
-        tf.grid({**cfg, "embed_seeds": [7]}, {"calibrated": 1.0, "miscalibrated": 8.0})
+    # embed seeds outside the (selected) seeds: the first seed is embedded instead
+    cells = tf.grid({**cfg, "seeds": [3, 4], "embed_seeds": [0]},
+                    {"calibrated": 1.0, "miscalibrated": 8.0})
+    assert [c["embed"] for c in cells] == [True, False]
+    sel = presets.get(tf.NAME, "paper", select="seed=2")
+    assert tf.embed_seeds(sel) == [2] and tf.embed_seeds(presets.get(tf.NAME, "paper")) == [0]
     with pytest.raises(ValueError, match="lacks"):
         tf.grid({"data": {}}, {"calibrated": 1.0, "miscalibrated": 8.0})
 

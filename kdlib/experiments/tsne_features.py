@@ -201,9 +201,15 @@ def _check_cfg(cfg: dict) -> None:
         raise ValueError("temperatures must list at least 2 values to choose from")
     for t in cfg["temperatures"]:
         check_positive(t, "temperature")
-    unknown = [s for s in cfg["embed_seeds"] if s not in cfg["seeds"]]
-    if unknown:
-        raise ValueError(f"embed_seeds {unknown} are not in seeds {cfg['seeds']}")
+    if not isinstance(cfg["embed_seeds"], list):
+        raise TypeError(f"embed_seeds must be a list of seeds, got {cfg['embed_seeds']!r}")
+
+
+def embed_seeds(cfg: dict) -> list[int]:
+    """The seeds whose students get a t-SNE picture: cfg["embed_seeds"] that are among
+    cfg["seeds"]; when a selection left none of them, the first selected seed."""
+    chosen = [s for s in cfg["embed_seeds"] if s in cfg["seeds"]]
+    return chosen or list(cfg["seeds"][:1])
 
 
 def grid(cfg: dict, taus: dict, scale: str = "default") -> list[dict]:
@@ -217,7 +223,7 @@ def grid(cfg: dict, taus: dict, scale: str = "default") -> list[dict]:
     fixed["store"] = run_name(scale, cfg.get("dry_run", False))
     temps = {r: check_positive(taus[r], f"taus[{r!r}]") for r in ROLES}
     return [{**fixed, "temperatures": temps, "seed": check_int(s, "seed", minimum=0),
-             "embed": s in cfg["embed_seeds"]} for s in cfg["seeds"]]
+             "embed": s in embed_seeds(cfg)} for s in cfg["seeds"]]
 
 
 def distill_and_measure(data: dict, teacher: str, student: str, teacher_recipe,
