@@ -5,7 +5,9 @@ Notebooks are jupytext percent-format ``.py`` files with exactly one cell tagged
 first checks every selected notebook (parameters cell, ``-p`` overrides, output folder)
 and runs nothing if any check fails. It then executes each with papermill in a fresh
 kernel of the current interpreter (cwd = the notebook's folder, ``SCALE=<scale>``,
-``INTERACTIVE=False`` and any overrides injected) and writes into the output folder:
+``INTERACTIVE=False`` and any overrides injected), up to ``jobs`` notebooks at once
+(``--jobs``; kdlib.report_jobs: "auto" = min(CPU cores, notebooks) at the smoke and
+default scales, 1 at the paper scale), and writes into the output folder:
 
     <stem>.ipynb, <stem>.html     the report, replaced only by a complete new one
     <stem>.failed.ipynb/.html     a failed, timed-out or stopped run's partial report,
@@ -20,14 +22,22 @@ kernel of the current interpreter (cwd = the notebook's folder, ``SCALE=<scale>`
 ``dry_run=True`` / ``select=TEXT`` (``--dry-run`` / ``--select``) inject DRY_RUN=True /
 SELECT=TEXT; every selected notebook must declare them. While a notebook runs, a line
 shows its cell (i of n, heading, first line) and its tqdm bars (kdlib.report_progress):
-rewritten in place on a terminal, else printed at each cell change and at most every
-KDLIB_PROGRESS_INTERVAL_S seconds (default 10). The HTML reports load nothing from the
-network (nbconvert's lab template without its CDN scripts).
+one line per running notebook, a block rewritten in place on a terminal, else printed at
+each cell change and at most every KDLIB_PROGRESS_INTERVAL_S seconds (default 10). The
+HTML reports load nothing from the network (nbconvert's lab template without its CDN
+scripts).
 
 Each notebook runs under a time limit (NOTEBOOK_TIMEOUT_S per scale, or
-``notebook_timeout``). SIGINT and SIGTERM stop the run cleanly: the running kernel is shut
-down, its partial report kept, the index written and `StopRequested` raised (``kdlib
-report`` exits with 128 + the signal number).
+``notebook_timeout``). SIGINT and SIGTERM stop the run cleanly: no notebook starts after
+it, every running kernel is shut down, their partial reports kept, the index written and
+`StopRequested` raised (``kdlib report`` exits with 128 + the signal number).
+
+Notebooks running at once share the teacher cache (an fcntl lock per teacher: one trains
+it, the others wait and load it), the student store (atomic files keyed by everything
+that determines a student: at worst two notebooks both train one and write it in turn)
+and nothing else (a sweep store per experiment). Each runs in a worker thread
+of the runner; papermill's ``cwd=`` (a process-wide chdir) is not used, the kernel is
+started in the notebook's folder instead.
 
 The notebook-facing `headline` helpers live in kdlib.headline and are re-exported here.
 Heavy imports (papermill, nbconvert, jupytext) happen inside the functions.
@@ -868,6 +878,8 @@ def run_reports(
         write_index(results, out, scale, state)
     finally:
         stopper.restore()
+        for managers in running.values():  # the runner itself failed: leave no kernel
+            kill_kernels(list(managers), wait_s=2.0)
     n_failed = sum(r.status != "ok" for r in results)
     print(f"{len(results)} notebook(s): {len(results) - n_failed} ok, {n_failed} failed "
           f"in {state['elapsed_s']:.1f} s ({n_jobs} at a time; the notebooks' durations add "
