@@ -466,3 +466,52 @@ def test_cached_teachers_lists_this_scales_cache_without_training(tmp_path, monk
     assert s["ece"] == pytest.approx(calibration.ece(calibration.tempered_softmax(z, 2.0), y))
     with pytest.raises(ValueError, match="no cached teacher"):
         CalibrationExplorer.from_cache("default")
+
+
+# --------------------------------------------------------------------------- plan (kdlib plan)
+
+
+def _stub_cell(**cell):
+    return {"stub": 1}
+
+
+def test_plan_runs_lists_each_teacher_keyed_like_the_cache(tmp_path, monkeypatch):
+    from kdlib.experiments.early_stopped_teacher import teacher_planned_run
+    from kdlib.plan import TRAIN_IMAGES
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    cfg = presets.get(ce.NAME, "default")
+    runs = ce.plan_runs(cfg)
+    # the default preset: resnet8 for 5 epochs, resnet20 for 30 on all the digits training
+    # images, resnet20 for 30 on 250 of them
+    full = TRAIN_IMAGES["digits"]
+    assert [(r.role, r.arch, r.epochs, r.images) for r in runs] == [
+        ("teacher", "resnet8", 5, full), ("teacher", "resnet20", 30, full),
+        ("teacher", "resnet20", 30, 250)]
+    assert not any(r.done for r in runs)
+    same = teacher_planned_run({"name": "digits", "seed": 0}, "resnet20", "default", 0)
+    assert runs[1].key == same.key and runs[2].key != same.key
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
+    assert len(ce.plan_runs(presets.get(ce.NAME, "default", select="pair=resnet8*"))) == 1
+
+
+def test_plan_runs_skip_missing_data_and_read_done_from_the_store(tmp_path, monkeypatch):
+    from kdlib import sweep
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    assert ce.plan_runs(presets.get(ce.NAME, "paper")) == []  # no CIFAR-100 in tmp_path
+    cfg = presets.get(ce.NAME, "default")
+    cells = ce.grid(cfg)
+    store = tmp_path / "runs" / "default" / f"{ce.NAME}.sqlite"
+    sweep.run(_stub_cell, cells[1:2], store, progress=False)
+    assert [r.done for r in ce.plan_runs(cfg)] == [False, True, False]  # scale inferred
+    assert ce.stored_cells(ce.NAME, cfg, cells, ce.grid, None, "default") == [False, True,
+                                                                              False]
+    # the smoke store does not exist: nothing done, and it is not created
+    assert ce.stored_cells(ce.NAME, cfg, cells, ce.grid, None, "smoke") == [False] * 3
+    assert not (tmp_path / "runs" / "smoke").exists()
+    # a dry run reads its own store
+    dry = presets.get(ce.NAME, "default", dry_run=True)
+    assert [r.done for r in ce.plan_runs(dry)] == [False] * 3
+    with pytest.raises(ValueError, match="scale must be one of"):
+        ce.stored_cells(ce.NAME, cfg, cells, ce.grid, None, "huge")

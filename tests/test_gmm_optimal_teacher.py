@@ -300,3 +300,45 @@ def test_selection_dry_run_and_grid():
     assert (dry["n_train"], dry["n_test"], dry["runs"]) == (16, 32, 1)
     assert dry["recipe"]["epochs"] == 1 and dry["recipe"]["batch_size"] == 8
     assert dry["torch_threads"] == 1 and dry["grid_resolution"] == 40
+
+
+# ----------------------------------------------------------------------------- plan (kdlib plan)
+
+
+def _stub_cell(**cell):
+    return {"stub": 1}
+
+
+def test_plan_runs_one_stacked_run_per_cell(tmp_path, monkeypatch):
+    from kdlib import sweep
+    from kdlib.plan import gpu_hours, plan_frame, run_cost
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    cfg = presets.get(exp.NAME, "default")
+    runs = exp.plan_runs(cfg)
+    # 2 tasks x (table1: 2 arms, tempered: 4 temperatures) x 5 runs, 60 epochs of 10,000
+    assert [(r.dataset, r.members, r.epochs, r.images) for r in runs] == [
+        ("gmm10", 10, 60, 10_000), ("gmm10", 20, 60, 10_000),
+        ("gmm100", 10, 60, 10_000), ("gmm100", 20, 60, 10_000)]
+    assert {(r.role, r.arch, r.teacher, r.done) for r in runs} == {("student", "mlp", None,
+                                                                    False)}
+    # 2 -> 64 -> 64 -> 10 MLP: 2*64 + 64*64 + 64*10 MACs per point, 3x for training
+    assert run_cost(runs[0]) == 60 * 10_000 * 10 * 3 * (2 * 64 + 64 * 64 + 64 * 10)
+    assert plan_frame(runs)["gpu_hours"].sum() == pytest.approx(
+        sum(gpu_hours(run_cost(r)) for r in runs))
+    # keys: device/threads/workers do not change the weights; temperatures only the
+    # tempered group's
+    other = dict(cfg, device="cuda", workers=1, torch_threads=4,
+                 temperatures=[0.0, 0.5])
+    keys, other_keys = ([r.key for r in exp.plan_runs(c)] for c in (cfg, other))
+    assert other_keys[0] == keys[0] and other_keys[1] != keys[1]
+    assert len(set(keys)) == 4
+    # a selection of Table 1 drops the tempered cells
+    assert len(exp.plan_runs(presets.get(exp.NAME, "default", select="table=1"))) == 2
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
+    # done: the store of the scale holds the cell (namespace NAME)
+    cells = exp.grid_cells(cfg)
+    sweep.run(_stub_cell, cells[2:3], tmp_path / "runs" / "default" / f"{exp.NAME}.sqlite",
+              namespace=exp.NAME, progress=False)
+    assert [r.done for r in exp.plan_runs(cfg)] == [False, False, True, False]
+    assert [r.done for r in exp.plan_runs(presets.get(exp.NAME, "paper"))] == [False] * 4

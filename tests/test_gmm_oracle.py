@@ -261,3 +261,42 @@ def test_dry_run_hook_threads_and_headline():
     h = go.headline_figures(corr, "gmm10", ["kd", "dist"])
     assert h["gmm10 spearman acc-ECE kd"].text() == "-0.500 [-0.800, -0.100]"
     assert h["gmm10 spearman acc-KL kd"] == "n/a" and h["gmm10 spearman acc-ECE dist"] == "n/a"
+
+
+# ------------------------------------------------------------------ plan (kdlib plan)
+
+
+def _stub_cell(**cell):
+    return {"stub": 1}
+
+
+def test_plan_runs_teachers_and_students_per_cell(tmp_path, monkeypatch):
+    from kdlib import sweep
+    from kdlib.plan import run_cost
+
+    monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
+    cfg = presets.get(go.NAME, "default")
+    runs = go.plan_runs(cfg)
+    teachers = [r for r in runs if r.role == "teacher"]
+    students = [r for r in runs if r.role == "student"]
+    # 1 task x 3 widths x 3 lengths = 9 cells: one teacher stack of 3 seeds each, and per
+    # seed one student stack of 2 losses x 5 temperatures
+    assert (len(teachers), len(students)) == (9, 27)
+    assert {r.members for r in teachers} == {3} and {r.members for r in students} == {10}
+    assert [r.epochs for r in teachers[:3]] == [10, 50, 200]
+    assert {(r.epochs, r.images, r.teacher) for r in students} == {(30, 2000, "mlp")}
+    assert teachers[0].model_kwargs == {"in_features": 2, "hidden": [16]}
+    # a 2 -> 16 -> 10 teacher: 3 seeds x 3 x (2*16 + 16*10) MACs per point, 10 epochs
+    assert run_cost(teachers[0]) == 10 * 2000 * 3 * 3 * (2 * 16 + 16 * 10)
+    assert len({r.key for r in runs}) == 36
+    # workers and stack_mode change float rounding only: same keys
+    same = go.plan_runs(dict(cfg, workers=1, stack_mode="loop"))
+    assert [r.key for r in same] == [r.key for r in runs]
+    assert go.plan_runs(dict(cfg, tasks=None)) == []
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
+    # done: the cell's teachers and students, from the store of the scale
+    sweep.run(_stub_cell, go.grid(cfg)[:1], tmp_path / "runs" / "default" / f"{go.NAME}.sqlite",
+              namespace=go.NAME, progress=False)
+    done = [r for r in go.plan_runs(cfg) if r.done]
+    assert [r.role for r in done] == ["teacher"] + ["student"] * 3
+    assert all("mlp16-10ep" in r.label for r in done)

@@ -544,3 +544,37 @@ def claims(runs: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             "classes)", "Section 3.2: a better-calibrated teacher teaches better", "less",
             cell="arm", seed_col="run", n_boot=n_boot, scale=100, unit="%", digits=0))
     return cl.claims_table(rows)
+
+
+# ----------------------------------------------------------------------------- plan (kdlib plan)
+
+GMM_INPUT_FEATURES = 2  # the GMM tasks are 2-D (kdlib.gmm.gmm_preset)
+
+
+def plan_runs(cfg: dict, scale: str | None = None) -> list:
+    """Every training the preset needs (kdlib plan): one stacked student run per sweep cell
+    (task, group), members = arms x runs, MLPs of `hidden` on n_train points for the
+    recipe's epochs; no teacher network (the targets are the closed-form posterior). Keyed
+    on what determines the weights (not device, threads or workers; the temperatures only
+    for the tempered group); `done` when the sweep store holds the cell
+    (`calibration_explorer.stored_cells`). Nothing is loaded, trained or written."""
+    from kdlib.experiments.calibration_explorer import stored_cells
+    from kdlib.plan import PlannedRun, run_key
+    from kdlib.recipe import recipe_from_spec
+
+    cells = grid_cells(cfg)
+    done = stored_cells(NAME, cfg, cells, grid_cells, NAME, scale)
+    epochs = recipe_from_spec(cfg["recipe"]).epochs
+    runs = []
+    for c, d in zip(cells, done):
+        arms = group_arms(c["group"], c["temperatures"])
+        key = {k: v for k, v in c.items() if k not in ("device", "torch_threads", "workers")}
+        if c["group"] != "tempered":
+            key.pop("temperatures")
+        runs.append(PlannedRun(
+            "", "student", "mlp", c["task"], epochs, check_int(c["n_train"], "n_train",
+                                                                minimum=1),
+            key=run_key(experiment=NAME, **key), members=len(arms) * c["runs"], done=d,
+            label=f"{c['task']} {c['group']}: {len(arms)} arms x {c['runs']} runs",
+            model_kwargs={"in_features": GMM_INPUT_FEATURES, "hidden": list(c["hidden"])}))
+    return runs

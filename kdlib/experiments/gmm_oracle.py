@@ -411,3 +411,49 @@ def claims(corr: pd.DataFrame) -> pd.DataFrame:
                                  100 * float(r["hi"]), int(r["n_seeds"]), kind,
                                  tolerance=tol, unit="%", digits=0))
     return cl.claims_table(rows)
+
+
+# ------------------------------------------------------------------ plan (kdlib plan)
+
+GMM_INPUT_FEATURES = 2  # the GMM tasks are 2-D (kdlib.gmm.gmm_preset)
+
+
+def plan_runs(cfg: dict, scale: str | None = None) -> list:
+    """Every training the preset needs (kdlib plan), per sweep cell (task, teacher width,
+    training length): one stacked teacher run (members = seeds; MLPs of `hidden` for
+    `epochs`) and, per seed, one stacked student run distilled from that teacher (members =
+    losses x temperatures). Keyed on what determines the weights (not workers or
+    stack_mode, which change float rounding only); `done` when the sweep store holds the
+    cell (`calibration_explorer.stored_cells`). Nothing is loaded, trained or written."""
+    from kdlib.experiments.calibration_explorer import stored_cells
+    from kdlib.plan import PlannedRun, run_key, train_images
+
+    if skipped_tables(cfg):
+        return []
+    cells = grid(cfg)
+    done = stored_cells(NAME, cfg, cells, grid, NAME, scale)
+    s_epochs = recipe_from_spec(cfg["student_recipe"]).epochs
+    runs = []
+    for c, d in zip(cells, done):
+        task, images = c["data"]["name"], train_images(c["data"])
+        teacher = {"data": c["data"], "hidden": c["hidden"], "epochs": c["epochs"],
+                   "teacher_recipe": c["teacher_recipe"]}
+        name = teacher_label(c["hidden"], c["epochs"])
+        runs.append(PlannedRun(
+            "", "teacher", "mlp", task, check_int(c["epochs"], "epochs", minimum=1), images,
+            key=run_key(experiment=NAME, role="teacher", seeds=c["seeds"], **teacher),
+            members=len(c["seeds"]), done=d, label=f"{task} teacher {name} x "
+                                                    f"{len(c['seeds'])} seeds",
+            model_kwargs={"in_features": GMM_INPUT_FEATURES, "hidden": list(c["hidden"])}))
+        student = {k: c[k] for k in ("student_hidden", "student_recipe", "losses",
+                                     "temperatures")}
+        for seed in c["seeds"]:
+            runs.append(PlannedRun(
+                "", "student", "mlp", task, s_epochs, images,
+                key=run_key(experiment=NAME, role="student", seed=seed, teacher=teacher,
+                            **student),
+                members=len(c["losses"]) * len(c["temperatures"]), teacher="mlp", done=d,
+                label=f"{task} {name} (seed {seed}) -> mlp students",
+                model_kwargs={"in_features": GMM_INPUT_FEATURES,
+                              "hidden": list(c["student_hidden"])}))
+    return runs
