@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def planned_runs(notebooks, scale: str, select: str = "", dry_run: bool = False)
             raise ValueError(f"notebook {stem} has no planner (kdlib.experiments."
                              f"{EXPERIMENTS[stem]}.plan_runs)")
         cfg = presets.get(module.NAME, scale, select=select or None, dry_run=dry_run)
-        runs += [dataclasses.replace(r, notebook=stem) for r in planner(cfg)]
+        kwargs = {"scale": scale} if "scale" in inspect.signature(planner).parameters else {}
+        runs += [dataclasses.replace(r, notebook=stem) for r in planner(cfg, **kwargs)]
     return runs
 
 

@@ -31,7 +31,7 @@ bf16. Not measured with kdlib (no GPU has been lent to its development yet): it 
 middle of the range expected from the stacked engine's per-step cost (12-20 GPU-hours for
 the 3.96e9 student-images of the Table 6 protocol). Pass a measured figure instead."""
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000,
-                "digits": 1_257}
+                "digits": 1_258}
 INPUT_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
                 "tinyimagenet": (3, 64, 64), "digits": (1, 8, 8)}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "digits": 10,
@@ -48,7 +48,7 @@ class PlannedRun:
     stacked cell; 1 otherwise). teacher: the architecture distilled from (None: trained on
     labels). key: identity of the weights (runs with equal keys are trained once). done:
     already in the cache or the sweep store. label: short human description.
-    model_kwargs: extra build_model arguments (MLP widths).
+    model_kwargs, teacher_kwargs: extra build_model arguments (MLP widths).
     """
 
     notebook: str
@@ -63,6 +63,7 @@ class PlannedRun:
     done: bool = False
     label: str = ""
     model_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
+    teacher_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -134,11 +135,11 @@ def macs(arch: str, dataset: str = "cifar100", model_kwargs: dict | None = None)
     return _macs(arch, dataset, json.dumps(model_kwargs or {}, sort_keys=True))
 
 
-def run_cost(run: PlannedRun, teacher_kwargs: dict | None = None) -> float:
+def run_cost(run: PlannedRun) -> float:
     """Multiply-accumulates of a whole run (module docstring)."""
     per_image = run.members * 3 * macs(run.arch, run.dataset, run.model_kwargs)
     if run.teacher is not None:
-        per_image += macs(run.teacher, run.dataset, teacher_kwargs)
+        per_image += macs(run.teacher, run.dataset, run.teacher_kwargs)
     return float(run.epochs) * run.images * per_image
 
 
@@ -155,20 +156,25 @@ def gpu_hours(cost: float, throughput: float = DEFAULT_THROUGHPUT) -> float:
 def plan_frame(runs, throughput: float = DEFAULT_THROUGHPUT) -> pd.DataFrame:
     """One row per planned run (duplicates included) with columns notebook, role, arch,
     teacher, dataset, epochs, images, members, label, done, duplicate (an earlier row has
-    the same key: it will not train again), gpu_hours (0 for done and duplicate rows)."""
+    the same key: it will not train again), gpu_hours (0 for done and duplicate rows).
+    A run is done when any row with its key is (one notebook may know what another
+    cannot: its own store)."""
     runs = list(runs)
     for r in runs:
         if not isinstance(r, PlannedRun):
             raise TypeError(f"runs must be PlannedRun objects, got {type(r).__name__}")
+    done_keys = {r.key for r in runs if r.done}
     seen: set[str] = set()
     rows = []
     for r in runs:
         duplicate = r.key in seen
         seen.add(r.key)
-        hours = 0.0 if (duplicate or r.done) else gpu_hours(run_cost(r), throughput)
+        done = r.key in done_keys
+        hours = 0.0 if (duplicate or done) else gpu_hours(run_cost(r), throughput)
         row = asdict(r)
         row.pop("model_kwargs")
-        row.update(duplicate=duplicate, gpu_hours=hours,
+        row.pop("teacher_kwargs")
+        row.update(done=done, duplicate=duplicate, gpu_hours=hours,
                    full_gpu_hours=gpu_hours(run_cost(r), throughput))
         rows.append(row)
     return pd.DataFrame(rows, columns=[
@@ -202,19 +208,70 @@ def format_plan(frame: pd.DataFrame, throughput: float = DEFAULT_THROUGHPUT) -> 
                    .agg(runs=("key", "size"), unique=("unique", "sum"), done=("done", "sum"),
                         models=("members", "sum"), epochs=("epochs", "max"),
                         gpu_hours=("gpu_hours", "sum")))
-        lines.append(grouped.to_string(float_format=lambda v: f"{v:,.2f}"))
+        lines.append(grouped.to_string(float_format=lambda v: f"{v:,.4g}"))
     t = plan_totals(frame)
     lines += [
         "",
         f"runs asked for: {t['runs']}; unique: {t['unique']} (deduplication saves "
-        f"{t['saved_by_dedup']} runs, {t['saved_gpu_hours']:,.1f} GPU-hours); already done: "
+        f"{t['saved_by_dedup']} runs, {t['saved_gpu_hours']:,.3g} GPU-hours); already done: "
         f"{t['done']}; to train: {t['to_train']} ({t['models_to_train']} models)",
-        f"GPU-hours to spend: {t['gpu_hours']:,.1f} (without deduplication "
-        f"{t['gpu_hours_without_dedup']:,.1f}) at {throughput:,.0f} resnet14 "
+        f"GPU-hours to spend: {t['gpu_hours']:,.4g} (without deduplication "
+        f"{t['gpu_hours_without_dedup']:,.4g}) at {throughput:,.0f} resnet14 "
         f"student-images/s per GPU",
     ]
     return "\n".join(lines)
 
 
+def teacher_run(data: dict, arch: str, recipe_spec, seed: int, label: str = "",
+                model_kwargs: dict | None = None, cache_dir=None) -> PlannedRun:
+    """The PlannedRun of a teacher from the teacher cache (`kdlib.teachers.get_teacher`),
+    keyed as the cache keys it (architecture and its arguments, data spec, the recipe's
+    weight-determining fields, seed), so every notebook asking for it counts it once.
+
+    done: the cache already holds it. Finding its folder needs the data set's fingerprint,
+    so the data set is loaded when its files are present (nothing is written); a missing
+    data set leaves done False.
+    """
+    from kdlib.recipe import recipe_from_spec
+
+    recipe = recipe_from_spec(recipe_spec)
+    weights = recipe.to_dict()
+    weights.pop("checkpoint_every")
+    spec = {k: v for k, v in data.items() if k != "download"}
+    kwargs = dict(model_kwargs or {})
+    key = run_key(role="teacher", arch=arch, data=spec, recipe=weights, seed=int(seed),
+                  **({"model_kwargs": kwargs} if kwargs else {}))
+    return PlannedRun("", "teacher", arch, data["name"], recipe.epochs, train_images(data),
+                      key=key, label=label or f"teacher {arch}", model_kwargs=kwargs,
+                      done=_teacher_cached(spec, arch, recipe, int(seed), kwargs, cache_dir))
+
+
+def _teacher_cached(spec, arch, recipe, seed, kwargs, cache_dir) -> bool:
+    from kdlib.experiments.common import load_data, missing_data, teacher_cache_dir
+    from kdlib.teachers import teacher_dir, teacher_key
+
+    if spec["name"] not in NUM_CLASSES or missing_data(spec):
+        return False
+    folder = teacher_dir(teacher_key(arch, load_data(spec), recipe, seed, kwargs),
+                         cache_dir or teacher_cache_dir())
+    return (folder / "final.pt").is_file()
+
+
+def stored_cells(store, cells: list, namespace: str | None = None) -> list[bool]:
+    """For each sweep cell: True when the sweep store file `store` holds its result under
+    `namespace`. A missing store means nothing is stored (it is never created)."""
+    from pathlib import Path
+
+    from kdlib import sweep
+
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise TypeError("cells must be a list of sweep cells (dicts)")
+    if not Path(store).is_file():
+        return [False] * len(cells)
+    held = {r["_key"] for r in sweep.load(store, namespace)}
+    return [sweep.cell_key(c, namespace) in held for c in cells]
+
+
 __all__ = ["DEFAULT_THROUGHPUT", "PlannedRun", "format_plan", "gpu_hours", "macs",
-           "plan_frame", "plan_totals", "run_cost", "run_key", "train_images"]
+           "plan_frame", "plan_totals", "run_cost", "run_key", "stored_cells", "teacher_run",
+           "train_images"]

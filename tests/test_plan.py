@@ -63,3 +63,30 @@ def test_inputs_are_checked():
     assert train_images({"name": "cifar100"}) == 50_000
     assert train_images({"name": "cifar100", "subset_train": 16}) == 16
     assert train_images({"name": "gmm100", "n_train": 2000}) == 2000
+
+
+def test_done_anywhere_counts_for_the_shared_key_and_teacher_kwargs_price_mlps():
+    a = PlannedRun("02", "student", "mlp", "gmm100", 10, 100, key="K",
+                   model_kwargs={"in_features": 2, "hidden": [4]}, teacher="mlp",
+                   teacher_kwargs={"in_features": 2, "hidden": [8]})
+    b = PlannedRun("06", "student", "mlp", "gmm100", 10, 100, key="K", done=True,
+                   model_kwargs={"in_features": 2, "hidden": [4]})
+    frame = plan_frame([a, b])
+    assert frame["done"].tolist() == [True, True] and plan_totals(frame)["to_train"] == 0
+    student = 2 * 4 + 4 * 100
+    teacher = 2 * 8 + 8 * 100
+    assert run_cost(a) == 10 * 100 * (3 * student + teacher)
+
+
+def test_stored_cells_reads_a_store_and_never_creates_one(tmp_path):
+    from kdlib import sweep
+    from kdlib.plan import stored_cells
+
+    store = tmp_path / "s.sqlite"
+    assert stored_cells(store, [{"x": 1}]) == [False] and not store.exists()
+    sweep.run(_square, [{"x": 1}], store, progress=False, namespace="n")
+    assert stored_cells(store, [{"x": 1}, {"x": 2}], "n") == [True, False]
+
+
+def _square(x):
+    return {"y": x * x}
