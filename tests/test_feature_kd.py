@@ -215,6 +215,7 @@ def test_skipped_tables_dry_run_and_headline(tmp_path, monkeypatch):
     assert fk.skipped_tables({**smoke, "hint_only": False}) == []
     dry = presets.get(fk.NAME, "paper", dry_run=True)
     assert recipe_from_spec(dry["student_recipe"]).epochs == 1 and dry["seeds"] == [0]
+    assert dry["torch_threads"] == 1 and paper["torch_threads"] is None
     assert fk.logit_grid(dry, "paper")[0]["store"] == "paper-dry-run"
     f = fk.headline_figures(_with_hint_only(), fk.correlation_table(_fake_df(), n_boot=50))
     assert f["accuracy, hint only (CE + hint)"].text() == "87.00%"

@@ -264,6 +264,7 @@ def test_skipped_tables_and_dry_run(tmp_path, monkeypatch):
     assert fe.skipped_tables(presets.get(fe.NAME, "default")) == []
     dry = presets.get(fe.NAME, "paper", dry_run=True)
     assert dry["seeds"] == [0] and dry["temperatures"] == paper["temperatures"]
+    assert dry["torch_threads"] == 1 and paper["torch_threads"] is None
     for key in ("teacher_recipe", "student_recipe"):
         r = recipe_from_spec(dry[key])
         assert (r.epochs, r.batch_size) == (1, 8)

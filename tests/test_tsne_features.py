@@ -341,6 +341,7 @@ def test_skipped_tables_and_dry_run_cut(tmp_path, monkeypatch):
     assert tf.skipped_tables(presets.get(tf.NAME, "smoke")) == []   # digits ship with sklearn
     dry = presets.get(tf.NAME, "paper", dry_run=True)
     assert dry["dry_run"] is True and dry["seeds"] == [0] and dry["embed_seeds"] == [0]
+    assert dry["torch_threads"] == 1 and paper["torch_threads"] is None
     for key in ("teacher_recipe", "student_recipe"):   # "paper" spelled out, then cut
         r = recipe_from_spec(dry[key])
         assert (r.epochs, r.batch_size, r.milestones) == (1, 8, ())

@@ -106,7 +106,8 @@ presets.register(NAME, {
         "torch_threads": None,
     },
 }, tables={"figure7": ["temperatures", "seeds"]},
-    dry_run=lambda cfg: cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")))
+    dry_run=lambda cfg: {**cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")),
+                         "torch_threads": 1})  # a CPU job: one thread each
 
 
 def hint_only_supported() -> bool:

@@ -90,7 +90,8 @@ presets.register(NAME, {
         "torch_threads": None,
     },
 }, tables={TABLE: ["losses", "temperatures", "seeds"]},
-    dry_run=lambda cfg: cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")))
+    dry_run=lambda cfg: {**cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")),
+                         "torch_threads": 1})  # a CPU job: one thread each
 
 
 def skipped_tables(cfg: dict) -> list[tuple[str, str]]:

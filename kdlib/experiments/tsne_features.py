@@ -106,7 +106,8 @@ presets.register(NAME, {
         "torch_threads": None,                      # torch's own choice (a GPU run)
     },
 }, tables={"figure5": ["temperatures", "seeds", "embed_seeds"]},
-    dry_run=lambda cfg: cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")))
+    dry_run=lambda cfg: {**cut_recipe_specs(cfg, ("teacher_recipe", "student_recipe")),
+                         "torch_threads": 1})  # a CPU job: one thread each
 
 TABLE = "Figure 5"
 
