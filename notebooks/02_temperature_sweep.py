@@ -216,6 +216,7 @@ if len(fig4_df):
         ["teacher_ece_at_tau", "accuracy"]].agg(["mean", "std"]).reset_index())
     display(fig4_rho)
 else:
+    fig4_rho = pd.DataFrame(columns=["group", "loss", "rho", "lo", "hi"])
     print("no Figure 4 runs in this selection")
 
 # %% [markdown]
@@ -253,6 +254,12 @@ for _, r in control_gain.iterrows():
     if pd.notna(r["gain_lo"]):
         heads[f"control: calibrated - raw KD {name}"] = points(
             r["mean_gain"], r["gain_lo"], r["gain_hi"])
+for _, r in fig4_rho[fig4_rho["loss"] == "kd"].iterrows():
+    if pd.notna(r["rho"]) and pd.notna(r["lo"]):
+        heads[f"figure 4 spearman kd {r['group']}"] = number(r["rho"] / 100, r["lo"] / 100,
+                                                            r["hi"] / 100)
+if not heads:  # a selection without any correlation to show
+    heads["students"] = len(df)
 headline(**heads)
 
 # %% [markdown]
