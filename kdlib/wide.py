@@ -45,8 +45,9 @@ scatter by ~25% between runs on the crowded machine). So on the CPU the loop sta
 default, the wide network second and best in channels_last. Its activations are K times
 larger (92 MB per resnet14 stage-1 tensor at K = 22, B = 64, freshly mapped every step);
 one grouped 3x3 layer at K = 22 costs 983 ms CPU per fwd+bwd in NCHW and 607 ms in
-channels_last against 612 ms for 22 separate convolutions. On a GPU the wide network's ~840 ops per step, whatever K, and native bf16
-BatchNorm are what matter; measure there (the same benchmark prints it) before choosing.
+channels_last against 612 ms for 22 separate convolutions. On a GPU the wide network's
+~840 ops per step, whatever K, and native bf16 BatchNorm are what matter; measure there
+(the same benchmark prints it) before choosing.
 """
 
 from __future__ import annotations

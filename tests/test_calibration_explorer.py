@@ -476,8 +476,7 @@ def _stub_cell(**cell):
 
 
 def test_plan_runs_lists_each_teacher_keyed_like_the_cache(tmp_path, monkeypatch):
-    from kdlib.experiments.early_stopped_teacher import teacher_planned_run
-    from kdlib.plan import TRAIN_IMAGES
+    from kdlib.plan import TRAIN_IMAGES, teacher_run
 
     monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
     cfg = presets.get(ce.NAME, "default")
@@ -489,7 +488,7 @@ def test_plan_runs_lists_each_teacher_keyed_like_the_cache(tmp_path, monkeypatch
         ("teacher", "resnet8", 5, full), ("teacher", "resnet20", 30, full),
         ("teacher", "resnet20", 30, 250)]
     assert not any(r.done for r in runs)
-    same = teacher_planned_run({"name": "digits", "seed": 0}, "resnet20", "default", 0)
+    same = teacher_run({"name": "digits", "seed": 0}, "resnet20", "default", 0)
     assert runs[1].key == same.key and runs[2].key != same.key
     assert not (tmp_path / "runs").exists()  # planning writes nothing
     assert len(ce.plan_runs(presets.get(ce.NAME, "default", select="pair=resnet8*"))) == 1

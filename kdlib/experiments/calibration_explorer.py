@@ -784,21 +784,19 @@ def stored_cells(experiment: str, cfg: dict, cells: list, grid_fn, namespace: st
 
 def plan_runs(cfg: dict, scale: str | None = None) -> list:
     """Every training the preset needs (kdlib plan): one cached teacher per teacher of the
-    preset, keyed like the teacher cache (`teacher_planned_run`, so a teacher another
+    preset, keyed like the teacher cache (`kdlib.plan.teacher_run`, so a teacher another
     notebook also asks for counts once); `done` when the sweep store holds its cell (the
     cell trained the teacher into the cache). Published teachers (a notebook parameter,
     not in the preset) are not seen here. Table 6 is left out when its data set is missing
     or it is not selected. Nothing is loaded, trained or written."""
     import dataclasses
 
-    from kdlib.experiments.early_stopped_teacher import teacher_planned_run
+    from kdlib.plan import teacher_run
 
     if skipped_tables(cfg):
         return []
     cells = grid(cfg)
     done = stored_cells(NAME, cfg, cells, grid, None, scale)
-    return [dataclasses.replace(
-                teacher_planned_run(c["data"], c["arch"], make_recipe(c["recipe"], c["arch"]),
-                                    c["seed"], f"teacher {c['name']} ({c['arch']})"),
-                done=d)
-            for c, d in zip(cells, done)]
+    runs = [teacher_run(c["data"], c["arch"], make_recipe(c["recipe"], c["arch"]), c["seed"],
+                        f"teacher {c['name']} ({c['arch']})") for c in cells]
+    return [dataclasses.replace(r, done=r.done or d) for r, d in zip(runs, done, strict=True)]

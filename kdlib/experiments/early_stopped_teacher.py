@@ -695,26 +695,11 @@ def headline_figures(students: pd.DataFrame, eskd_taus, few_taus) -> dict:
 # ------------------------------------------------------------------ plan (kdlib plan)
 
 
-def teacher_planned_run(data: dict, arch: str, recipe_spec, seed: int, label: str = ""):
-    """A kdlib.plan.PlannedRun for a cached teacher: keyed on the architecture, the data
-    spec, the recipe's weight-determining fields (not checkpoint_every, as the teacher cache)
-    and the seed, so every notebook asking for the same teacher counts it once."""
-    from kdlib.plan import PlannedRun, run_key, train_images
-
-    recipe = recipe_from_spec(recipe_spec).to_dict()
-    recipe.pop("checkpoint_every")
-    spec = {k: v for k, v in data.items() if k != "download"}
-    return PlannedRun("", "teacher", arch, data["name"], recipe["epochs"], train_images(data),
-                      key=run_key(role="teacher", arch=arch, data=spec, recipe=recipe,
-                                  seed=int(seed)),
-                      label=label or f"teacher {arch}")
-
-
 def plan_runs(cfg: dict) -> list:
     """Every training the preset needs (kdlib plan): the full and few-trained teachers of
     each pair and one stacked student run per student_grid cell (members = its taus).
     Nothing is loaded or trained; `done` is left False (the sweep store is not read)."""
-    from kdlib.plan import PlannedRun, run_key, train_images
+    from kdlib.plan import PlannedRun, run_key, teacher_run, train_images
 
     if missing_data_reason(cfg) or not (cfg.get("eskd_taus") or cfg.get("few_taus")):
         return []
@@ -722,7 +707,7 @@ def plan_runs(cfg: dict) -> list:
     for training, key in (("full", "full_recipe"), ("few", "few_recipe")):
         if any(c["training"] == training for c in grid):
             for t in dict.fromkeys(p["teacher"] for p in cfg["pairs"]):
-                runs.append(teacher_planned_run(cfg["data"], t, cfg[key], cfg["teacher_seed"],
+                runs.append(teacher_run(cfg["data"], t, cfg[key], cfg["teacher_seed"],
                                                 f"{training}-trained teacher {t}"))
     epochs = recipe_from_spec(cfg["distill_recipe"]).epochs
     for c in grid:

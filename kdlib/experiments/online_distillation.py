@@ -428,12 +428,11 @@ def plan_runs(cfg: dict) -> list:
     """Every training the preset needs (kdlib plan): the teacher (with its checkpoints) and,
     per seed and teacher mode, one stacked student run of len(losses) x len(temperatures)
     members. Nothing is loaded or trained; `done` is left False."""
-    from kdlib.experiments.early_stopped_teacher import teacher_planned_run
-    from kdlib.plan import PlannedRun, run_key, train_images
+    from kdlib.plan import PlannedRun, run_key, teacher_run, train_images
 
     if skipped_tables(cfg):
         return []
-    runs = [teacher_planned_run(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
+    runs = [teacher_run(cfg["data"], cfg["teacher"], cfg["teacher_recipe"],
                                 cfg["teacher_seed"])]
     epochs = recipe_from_spec(cfg["student_recipe"]).epochs
     members = len(cfg["losses"]) * len(cfg["temperatures"])

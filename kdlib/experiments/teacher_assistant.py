@@ -942,14 +942,13 @@ def plan_runs(cfg: dict) -> list:
     assistant per `assistant_keys` (trained once, shared by its chains; `done` when the
     assistant cache holds it) and one student per chain (`done` when its weights are kept).
     Tables whose data set is missing are left out. Nothing is loaded or trained."""
-    from kdlib.experiments.early_stopped_teacher import teacher_planned_run
-    from kdlib.plan import PlannedRun, run_key, train_images
+    from kdlib.plan import PlannedRun, run_key, teacher_run, train_images
 
     grid = build_grid(cfg)
     runs = []
     for data, t in dict.fromkeys((json.dumps(c["data"], sort_keys=True), c["teacher"])
                                  for c in grid):
-        runs.append(teacher_planned_run(json.loads(data), t, cfg["teacher_recipe"],
+        runs.append(teacher_run(json.loads(data), t, cfg["teacher_recipe"],
                                         cfg["teacher_seed"]))
     epochs = recipe_from_spec(cfg["distill_recipe"]).epochs
     for k in assistant_keys(grid):
