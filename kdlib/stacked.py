@@ -39,7 +39,12 @@ from kdlib.engine import (
     set_momentum_buffers,
     stack_test_logits,
 )
-from kdlib.losses import check_temperature, stacked_kd_dist
+from kdlib.losses import (
+    STACKED_LOSSES,
+    check_temperature,
+    stacked_kd_dist,
+    stacked_logit_losses,
+)
 from kdlib.recipe import Recipe
 from kdlib.train import (
     as_device_data,
@@ -55,6 +60,7 @@ from kdlib.train import (
     predict_logits,
     runtime_config,
 )
+from kdlib.wide import WideModels
 
 SPEC_KEYS = ("loss", "temperature", "alpha")
 
@@ -206,9 +212,9 @@ class LoopedModels:
 
 
 # mode -> representation class (constructor takes the K models); "auto" picks one per device
-REPRESENTATIONS = {"vmap": StackedModels, "loop": LoopedModels}
+REPRESENTATIONS = {"vmap": StackedModels, "loop": LoopedModels, "wide": WideModels}
 AUTO_MODE = {"cuda": "vmap"}  # device type -> mode; any other device: "loop"
-STACK_MODES = ("auto", "vmap", "loop")
+STACK_MODES = ("auto", "vmap", "loop", "wide")
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:
@@ -293,8 +299,9 @@ def _check_spec(i: int, spec) -> dict:
     if loss == "fitnet":
         raise ValueError("fitnet is not stackable (its regressor differs per student); "
                          "use kdlib.train.distill")
-    if not (loss in ("kd", "dist") or (callable(loss) and not isinstance(loss, str))):
-        raise ValueError(f"specs[{i}]['loss'] must be 'kd', 'dist' or a callable, got {loss!r}")
+    if not (loss in STACKED_LOSSES or (callable(loss) and not isinstance(loss, str))):
+        raise ValueError(f"specs[{i}]['loss'] must be one of {list(STACKED_LOSSES)} or a "
+                         f"callable, got {loss!r}")
     return {"loss": loss,
             "temperature": check_temperature(spec.get("temperature"),
                                              f"specs[{i}]['temperature']"),
@@ -369,8 +376,10 @@ def _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress, 
         check_classes(s.to(dev), dd, "student")
     distillers = [make_distiller(s["loss"], s["temperature"], s["alpha"]) for s in specs]
 
-    vectorized = all(isinstance(s.get("loss"), str) and s["loss"] in ("kd", "dist")
-                     for s in specs)
+    names = [s["loss"] if isinstance(s["loss"], str) else None for s in specs]
+    # all KD/DIST: stacked_kd_dist; any other mix of named logit losses: stacked_logit_losses
+    vectorized = all(n in ("kd", "dist") for n in names)
+    logit_named = not vectorized and all(n in STACKED_LOSSES for n in names)
     taus = torch.tensor([d.temperature for d in distillers], device=dev)
     alphas = torch.tensor([d.alpha for d in distillers], device=dev)
     is_dist = torch.tensor([s["loss"] == "dist" for s in specs], device=dev) if vectorized \
@@ -385,6 +394,10 @@ def _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress, 
             s32 = full_precision(s_logits)
             losses = stacked_kd_dist(s32, full_precision(t_logits), taus.to(s32.dtype),
                                      is_dist, alphas.to(s32.dtype), y, check_values=False)
+        elif logit_named:  # KD, DIST, DKD and their logit-standardized forms, batched
+            s32 = full_precision(s_logits)
+            losses = stacked_logit_losses(s32, full_precision(t_logits), taus.to(s32.dtype),
+                                          names, alphas.to(s32.dtype), y, check_values=False)
         else:
             losses = torch.stack([d(s_logits[i], t_logits, y)
                                   for i, d in enumerate(distillers)])

@@ -328,6 +328,44 @@ class WideModels:
                 out[i][key] = p
         return out
 
+    def _merge_state(self, dicts) -> dict:
+        """K dicts of member tensors (keys of state_dict()) -> one dict of wide tensors."""
+        if not isinstance(dicts, (list, tuple)) or len(dicts) != self.k:
+            raise ValueError(f"need {self.k} dicts, one per member, got {type(dicts).__name__}")
+        layers = dict(self._layers())
+        out = {}
+        for key in dicts[0]:
+            owner, _, attr = key.rpartition(".")
+            parts = [d[key] for d in dicts]
+            if attr == "num_batches_tracked":
+                out[key] = parts[0]
+            elif isinstance(layers.get(owner), WideLinear):
+                out[key] = torch.stack(parts)
+            else:
+                out[key] = torch.cat(parts)
+        return out
+
+    # the representation interface of kdlib.engine (member names = the models' own names)
+
+    def split(self, tensors) -> list[dict]:
+        """Tensors aligned with parameters() (gradients, momentum) -> K dicts of the members'
+        parameter names and shapes (views)."""
+        names = [n for n, _ in self.net.named_parameters()]
+        return self.split_state(dict(zip(names, list(tensors), strict=True)))
+
+    def merge(self, dicts) -> list[torch.Tensor]:
+        """The inverse of split: K dicts -> wide tensors aligned with parameters()."""
+        merged = self._merge_state(dicts)
+        return [merged[n] for n, _ in self.net.named_parameters()]
+
+    def member_states(self) -> list[dict]:
+        """K state_dicts in the members' own format (views of the live tensors)."""
+        return self.split_state(self.net.state_dict())
+
+    def load_member_states(self, states) -> None:
+        """Load K member state_dicts (the format of member_states) into the stack."""
+        self.net.load_state_dict(self._merge_state(list(states)))
+
     def load_into(self, models) -> list[nn.Module]:
         """Load member i's weights and buffers into models[i] (same architecture); returns them."""
         models = _check_models(models)

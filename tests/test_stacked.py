@@ -100,3 +100,27 @@ def test_history_has_test_metrics_when_asked(digits_small, teacher):
         assert [h["epoch"] for h in rec["history"]] == [1, 2]
         # the last epoch's test accuracy is the record's final accuracy
         assert rec["history"][-1]["test_accuracy"] == pytest.approx(rec["metrics"]["accuracy"])
+
+
+def test_newer_logit_losses_stack_like_students_alone(digits_small, one_thread):
+    """DKD and the logit-standardized losses run batched in a stack (stacked_logit_losses)
+    and give each member the run alone: identical first-step losses, weights within float32
+    rounding after one epoch."""
+    data = digits_small.subset(n_train=96, n_test=50, seed=0)
+    teacher = make_model("resnet8", data, seed=0).eval()
+    recipe = Recipe(epochs=1, batch_size=32, lr=0.05)
+    specs = [{"loss": "dkd", "temperature": 4.0}, {"loss": "kd_ls", "temperature": 2.0},
+             {"loss": "dkd_ls", "temperature": 1.0, "alpha": 0.5}]
+    first = []
+    students = [make_model("resnet8", data, seed=3) for _ in specs]
+    distill_stacked(students, teacher, data, specs, recipe, seed=1, mode="loop", progress=False,
+                    step_callback=lambda s, v: first.append(v) if s == 0 else None)
+    for i, spec in enumerate(specs):
+        alone_first = []
+        model = make_model("resnet8", data, seed=3)
+        distill(model, teacher, data, spec["loss"], spec["temperature"], recipe,
+                alpha=spec.get("alpha", 1.0), seed=1, progress=False, eval_every=0,
+                on_step=lambda s, v, out=alone_first: out.append(v) if s == 0 else None)
+        assert abs(float(first[0][i]) - alone_first[0]) < 1e-5, spec
+        a, b = model.state_dict()["fc.weight"], students[i].state_dict()["fc.weight"]
+        assert float((a - b).abs().max()) < 1e-4, spec

@@ -218,3 +218,38 @@ def test_head_is_float32_under_autocast_and_bf16_elsewhere():
     head = wide.net.fc
     want = torch.einsum("kbi,koi->kbo", pen.float(), head.weight) + head.bias[:, None]
     assert (out - want).abs().max() < 1e-5
+
+
+def test_wide_is_an_engine_representation_equal_to_the_loop(tmp_path, one_thread):
+    """distill_stacked(mode="wide") gives the loop's students (float64, 1e-10), and a
+    stacked state written by the wide run resumes in the loop representation."""
+    from kdlib.data import load_dataset
+    from kdlib.recipe import Recipe
+    from kdlib.stacked import distill_stacked
+    from kdlib.train import make_model
+
+    data = load_dataset("digits").subset(n_train=64, n_test=32, seed=0)
+    data.train_x, data.test_x = data.train_x.double(), data.test_x.double()
+    teacher = make_model("resnet8", data, seed=0).double().eval()
+    specs = [{"loss": "kd", "temperature": 4.0}, {"loss": "dist", "temperature": 2.0}]
+    recipe = Recipe(epochs=2, batch_size=32, lr=0.05, milestones=(1,))
+
+    def run(mode, folder=None):
+        students = [make_model("resnet8", data, seed=5).double() for _ in specs]
+        recs = distill_stacked(students, teacher, data, specs, recipe, seed=1, mode=mode,
+                               progress=False, checkpoint_dir=folder)
+        return students, recs
+
+    loop, loop_recs = run("loop")
+    wide, wide_recs = run("wide", tmp_path / "state")
+    for a, b in zip(loop, wide, strict=True):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(),
+                                     strict=True):
+            assert torch.allclose(x.double(), y.double(), atol=1e-10, rtol=0), name
+    for ra, rb in zip(loop_recs, wide_recs, strict=True):
+        assert ra["metrics"]["accuracy"] == rb["metrics"]["accuracy"]
+    # the wide run's state (written every epoch) is read by another representation
+    again, _ = run("loop", tmp_path / "state")
+    for a, b in zip(wide, again, strict=True):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            assert torch.equal(x, y)
