@@ -8,7 +8,8 @@ which is the paper's eq. 2 with the method's term in place of KD. The paper's ex
 use alpha = 1 (no CE term) for both KD and DIST.
 
 Loss names: "kd", "kd_ls" (KD on z-scored logits, Sun et al. CVPR 2024), "dist", "dkd"
-(Zhao et al. CVPR 2022), "dkd_ls" (DKD on z-scored logits), "fitnet"; or a callable.
+(Zhao et al. CVPR 2022), "dkd_ls" (DKD on z-scored logits), "fitnet" (KD + hint),
+"fitnet_ce" (CE + hint, the hint-only arm); or a callable.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from kdlib._validate import check_fraction, check_int, check_positive
 from kdlib.losses import FitNetHint, check_temperature, dist_loss, dkd_loss, kd_loss
 
-LOSSES = ("kd", "kd_ls", "dist", "dkd", "dkd_ls", "fitnet")
+LOSSES = ("kd", "kd_ls", "dist", "dkd", "dkd_ls", "fitnet", "fitnet_ce")
+FITNET_LOSSES = ("fitnet", "fitnet_ce")  # need per-sample stage shapes and a regressor
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +159,24 @@ class FitNet(Distiller):
         return kd + self.hint_weight * hint
 
 
+class FitNetCE(FitNet):
+    """The hint-only FitNet arm: cross-entropy on the labels plus the hint, no KD term.
+
+    term = CE(student logits, labels) + hint_weight * MSE(regressor(student stage), teacher
+    stage), as the original FitNet (Romero et al., 2015) trains its second stage and as
+    feature-KD baselines run it; the temperature is not used. With alpha = 1 (the default)
+    the loss is exactly this term.
+    """
+
+    def term(self, student, teacher, labels):
+        s_logits, _, s_stages = student
+        _, _, t_stages = teacher
+        ce = F.cross_entropy(full_precision(s_logits), labels)
+        hint = self.hint(full_precision(s_stages[self.stage]),
+                         full_precision(t_stages[self.stage]))
+        return ce + self.hint_weight * hint
+
+
 class CallableDistiller(Distiller):
     """Wraps a user function fn(student_logits, teacher_logits, temperature) -> scalar.
 
@@ -199,7 +219,7 @@ def _distiller_class(loss):
     if callable(loss) and not isinstance(loss, str):
         return CallableDistiller
     classes = {"kd": KD, "kd_ls": KDLS, "dist": DIST, "dkd": DKD, "dkd_ls": DKDLS,
-               "fitnet": FitNet}
+               "fitnet": FitNet, "fitnet_ce": FitNetCE}
     if not isinstance(loss, str) or loss not in classes:
         raise ValueError(f"loss must be one of {list(LOSSES)} or a callable, got {loss!r}")
     return classes[loss]
@@ -244,10 +264,10 @@ def make_distiller(loss, temperature: float, alpha: float = 1.0, **kwargs) -> Di
     kwargs = check_loss_kwargs(loss, kwargs, cls.options)
     if cls is CallableDistiller:
         return CallableDistiller(loss, temperature, alpha)
-    if cls is FitNet:
+    if issubclass(cls, FitNet):
         missing = [k for k in ("student_shape", "teacher_shape") if k not in kwargs]
         if missing:
             raise ValueError(f"fitnet needs {missing} (per-sample stage shapes); "
                              f"kdlib.train.distill fills them in")
-        return FitNet(temperature, alpha=alpha, **kwargs)
+        return cls(temperature, alpha=alpha, **kwargs)
     return cls(temperature, alpha, **kwargs)

@@ -296,8 +296,8 @@ def _check_spec(i: int, spec) -> dict:
     if unknown:
         raise ValueError(f"specs[{i}] has unknown keys {unknown}; allowed: {list(SPEC_KEYS)}")
     loss = spec.get("loss")
-    if loss == "fitnet":
-        raise ValueError("fitnet is not stackable (its regressor differs per student); "
+    if loss in ("fitnet", "fitnet_ce"):
+        raise ValueError(f"{loss} is not stackable (its regressor differs per student); "
                          "use kdlib.train.distill")
     if not (loss in STACKED_LOSSES or (callable(loss) and not isinstance(loss, str))):
         raise ValueError(f"specs[{i}]['loss'] must be one of {list(STACKED_LOSSES)} or a "

@@ -34,7 +34,14 @@ from kdlib import calibration, fidelity
 from kdlib._validate import as_tensor, check_finite_tensor, check_fraction, check_int
 from kdlib.batches import DeviceData
 from kdlib.devices import prepare_model, resolve_device
-from kdlib.distillers import Distiller, check_loss_kwargs, full_precision, make_distiller
+from kdlib.distillers import (
+    FITNET_LOSSES,
+    Distiller,
+    check_loss_kwargs,
+    full_precision,
+    loss_options,
+    make_distiller,
+)
 from kdlib.engine import (  # noqa: F401 - re-exported: kdlib.train is their public home
     RUNTIME_KEYS,
     STATE_KEYS,
@@ -49,7 +56,6 @@ from kdlib.recipe import Recipe
 
 ECE_BINS = 15
 # loss_kwargs a user may pass to distill() (FitNet's stage shapes are measured from the models)
-USER_LOSS_KWARGS = {"kd": (), "dist": ("beta", "gamma"), "fitnet": ("hint_weight", "stage")}
 
 
 # ---------------------------------------------------------------- helpers
@@ -356,7 +362,8 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
             progress: bool = True, name: str | None = None, loss_kwargs: dict | None = None,
             teacher_logits: torch.Tensor | None = None, eval_every: int = 1,
             on_step=None, compile=False) -> dict:
-    """Distil `teacher` into `student` with `loss` ("kd", "dist", "fitnet" or a callable
+    """Distil `teacher` into `student` with `loss` (a name of kdlib.distillers.LOSSES: "kd",
+    "kd_ls", "dist", "dkd", "dkd_ls", "fitnet", "fitnet_ce"; or a callable
     fn(student_logits, teacher_logits, temperature) -> 0-d tensor) at `temperature` in
     [1e-3, 1e3].
 
@@ -364,8 +371,9 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
     alpha = 1 (no CE) as in the paper's experiments. The teacher runs in eval mode, without
     gradients, once per batch on the same augmented images as the student; its training
     mode and requires_grad flags are restored afterwards (also on errors). student and
-    teacher must be distinct modules. loss_kwargs: "dist" takes beta, gamma; "fitnet" takes
-    hint_weight and stage (0 .. number of stages - 1); "kd" and callables take none.
+    teacher must be distinct modules. loss_kwargs: "dist" takes beta, gamma; "dkd"/"dkd_ls"
+    take tckd_weight, nckd_weight; "fitnet"/"fitnet_ce" take hint_weight and stage (0 ..
+    number of stages - 1); "kd", "kd_ls" and callables take none.
     teacher_logits: the teacher's N_test x C test logits if already computed (saves one
     pass). Record metrics: student accuracy/ECE/NLL, agreement and mean KL(teacher ||
     student) at T = 1 on the test set, the teacher's accuracy and its ECE at `temperature`.
@@ -380,8 +388,7 @@ def distill(student, teacher, data, loss, temperature: float, recipe: Recipe, *,
     check_module(student, "student")
     check_module(teacher, "teacher")
     _check_distinct(student, teacher)
-    loss_kwargs = check_loss_kwargs(loss, loss_kwargs, USER_LOSS_KWARGS.get(loss, ())
-                                    if isinstance(loss, str) else ())
+    loss_kwargs = check_loss_kwargs(loss, loss_kwargs, loss_options(loss, user=True))
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
     if teacher_logits is not None:
@@ -407,7 +414,7 @@ def _distill(student, teacher, dd, loss, temperature, recipe, alpha, dev, seed,
         p.requires_grad_(False)
     check_classes(student, dd, "student")
     check_classes(teacher, dd, "teacher")
-    if loss == "fitnet":
+    if loss in FITNET_LOSSES:
         loss_kwargs = _fitnet_kwargs(loss_kwargs, student, teacher, dd)
     distiller: Distiller = make_distiller(loss, temperature, alpha, **loss_kwargs).to(dev)
     feats = distiller.needs_features

@@ -30,7 +30,7 @@ Y = torch.randint(0, 5, (6,), generator=G)
 
 
 def test_loss_names_resolve_to_one_class_each():
-    assert {"kd", "kd_ls", "dist", "dkd", "dkd_ls", "fitnet"} == set(LOSSES)
+    assert {"kd", "kd_ls", "dist", "dkd", "dkd_ls", "fitnet", "fitnet_ce"} == set(LOSSES)
     for name, cls in (("kd", KD), ("kd_ls", KDLS), ("dkd", DKD), ("dkd_ls", DKDLS)):
         assert type(make_distiller(name, 4.0)) is cls
     assert loss_options("dkd") == ("tckd_weight", "nckd_weight") == loss_options("dkd_ls", True)
@@ -136,4 +136,28 @@ def test_stacked_logit_losses_validates_its_arguments(change, exc, message):
 
 
 def test_stacked_loss_names_are_the_logit_losses():
-    assert set(STACKED_LOSSES) == set(LOSSES) - {"fitnet"}
+    assert set(STACKED_LOSSES) == set(LOSSES) - {"fitnet", "fitnet_ce"}
+
+
+def test_fitnet_ce_is_cross_entropy_plus_the_hint_without_kd():
+    """The hint-only arm: CE on the labels + hint_weight * MSE(regressor(s), t); the teacher's
+    logits and the temperature do not enter (changing them changes nothing)."""
+    import torch.nn.functional as F
+
+    from kdlib.distillers import FitNetCE, make_distiller
+
+    torch.manual_seed(0)
+    d = make_distiller("fitnet_ce", 4.0, student_shape=(2, 3, 3), teacher_shape=(4, 3, 3),
+                       hint_weight=10.0, stage=0)
+    assert isinstance(d, FitNetCE)
+    s_logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    s_stage, t_stage = torch.randn(5, 2, 3, 3), torch.randn(5, 4, 3, 3)
+    student = (s_logits, None, [s_stage])
+    d.train()
+    got = d(student, (torch.randn(5, 3), None, [t_stage]), labels)
+    d.train()  # the regressor's BatchNorm normalizes with the batch statistics
+    by_hand = F.cross_entropy(s_logits, labels) + 10.0 * F.mse_loss(d.hint.regressor(s_stage),
+                                                                    t_stage)
+    assert float(got) == pytest.approx(float(by_hand), rel=1e-6)
+    other = d(student, (torch.randn(5, 3) * 50, None, [t_stage]), labels)
+    assert float(other) == pytest.approx(float(got), rel=1e-7)
