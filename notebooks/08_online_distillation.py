@@ -39,12 +39,9 @@
 # mirrors the schedule at 1/10 of the epochs (20 epochs, a checkpoint every 2, early teacher
 # at epoch 14).
 #
-# **Momentum at stage boundaries.** Each stage is one call of the stacked trainer with its own
-# SGD optimizer, so the momentum buffer restarts at every boundary: kdlib's engine has no API
-# yet to carry optimizer state from one call to the next. With momentum 0.9 the buffer
-# remembers about 1 / (1 - 0.9) = 10 steps, while a stage is 40 steps on digits at default
-# scale and about 7,800 on CIFAR-100 at paper scale; the restart perturbs the first few steps
-# of each stage, identically for the three modes (which differ only in the teacher).
+# **Momentum at stage boundaries.** Each stage is one call of the stacked trainer; the calls
+# hand their SGD momentum buffers on to the next stage (`carry=`), so the students run one
+# uninterrupted SGD run whose teacher changes at the stage boundaries.
 #
 # The paper reports no online-distillation table, so there is no aligned frame here; its
 # Table 4 (early-stopped vs final teacher, other networks) is shown for reference.

@@ -105,13 +105,19 @@ def test_stages_continue_the_same_students():
     # the first stage alone, continued by hand with the second teacher, gives the same
     from kdlib.stacked import distill_stacked
 
-    one = [_mlp(data, 0)]
+    # students, momentum included (carry): without it the second stage differs
+    one, carry = [_mlp(data, 0)], {}
     distill_stacked(one, t1, data, specs, od.stage_recipe(recipe, 0, 1),
-                    seed=od.stage_seed(0, 0), progress=False)
+                    seed=od.stage_seed(0, 0), progress=False, carry=carry)
     after_first = _flat(one[0]).clone()
+    restarted = [_mlp(data, 0)]
+    restarted[0].load_state_dict(one[0].state_dict())
     distill_stacked(one, t2, data, specs, od.stage_recipe(recipe, 1, 2),
+                    seed=od.stage_seed(0, 1), progress=False, carry=carry)
+    distill_stacked(restarted, t2, data, specs, od.stage_recipe(recipe, 1, 2),
                     seed=od.stage_seed(0, 1), progress=False)
     torch.testing.assert_close(_flat(two[0]), _flat(one[0]))
+    assert float((_flat(restarted[0]) - _flat(one[0])).abs().max()) > 1e-4
     assert not torch.equal(_flat(two[0]), after_first)
     # each stage's metrics are measured against that stage's teacher
     from kdlib.train import evaluate

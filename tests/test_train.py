@@ -22,6 +22,13 @@ def test_recipe_presets_match_reference():
     assert Recipe.preset("paper", arch="mobilenetv2").lr == 0.01
     f = Recipe.preset("few_trained")
     assert f.epochs == 100 and f.milestones[0] == 50
+    full = Recipe.preset("paper_200")
+    assert (full.epochs, full.milestones, full.checkpoint_every) == (200, (100, 150, 180), 10)
+    assert f.milestones == tuple(m // 2 for m in full.milestones)  # the schedule halved
+    from kdlib.experiments.early_stopped_teacher import PAPER_200_RECIPE
+    from kdlib.recipe import recipe_from_spec
+
+    assert recipe_from_spec(PAPER_200_RECIPE) == full
     assert scaled_milestones(240) == (150, 180, 210)
     assert p.lr_at(0) == 0.05 and p.lr_at(150) == pytest.approx(0.005)
     assert p.lr_at(239) == pytest.approx(0.05e-3)

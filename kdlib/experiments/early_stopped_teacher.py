@@ -53,7 +53,7 @@ NAME = "early_stopped_teacher"
 TRAININGS = ("full", "few")
 
 PAPER_200_RECIPE = {"epochs": 200, "batch_size": 64, "lr": 0.05, "milestones": [100, 150, 180],
-                    "checkpoint_every": 10}
+                    "checkpoint_every": 10}  # = Recipe.preset("paper_200") (a test checks)
 """The 200-epoch schedule the paper's Tables 4 and 5 point to (reasoning in the module
 docstring): lr 0.05, /10 at 100, 150, 180, batch 64, a checkpoint every 10 epochs."""
 FEW_TRAINED_RECIPE = {"epochs": 100, "batch_size": 64, "lr": 0.05, "milestones": [50, 75, 90],
