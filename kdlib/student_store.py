@@ -177,9 +177,6 @@ def distill_students(folder, data, teacher_model, teacher: dict, student: str,
     teacher: `teacher_id(...)` of teacher_model. Returns one dict per spec, in order:
     {"key", "record", "test_logits" (N x C float32 CPU tensor), "model" (the student's
     state_dict), "cached" (True when it was read from the store)}."""
-    from kdlib.recipe import recipe_from_spec
-    from kdlib.stacked import distill_stacked
-    from kdlib.train import make_model, predict_logits
 
     if not isinstance(specs, (list, tuple)) or not specs:
         raise ValueError("specs must be a non-empty list of {'loss', 'temperature'} dicts")
@@ -192,6 +189,28 @@ def distill_students(folder, data, teacher_model, teacher: dict, student: str,
                              f"got {s!r}")
         keys.append(student_key(teacher, student, student_recipe, s["loss"], s["temperature"],
                                 seed, s.get("alpha", 1.0), student_kwargs))
+    with group_lock(folder, keys):
+        return _distill_students(folder, data, teacher_model, student, student_recipe, specs,
+                                 seed, keys, student_kwargs, progress)
+
+
+def group_lock(folder, keys: list):
+    """An exclusive cross-process lock for a group of student keys (kdlib.teachers.folder_lock
+    on <folder>/.locks/<digest of the keys>): two processes asking for the same students at
+    once (notebooks run side by side, sweep workers) train them once; the second waits, then
+    reads them. Stale lock files are harmless (the lock dies with its process)."""
+    from kdlib.teachers import folder_lock
+
+    digest = key_digest({"group": sorted(key_digest(k) for k in keys)})
+    return folder_lock(Path(folder) / ".locks" / digest)
+
+
+def _distill_students(folder, data, teacher_model, student, student_recipe, specs, seed, keys,
+                      student_kwargs, progress):
+    from kdlib.recipe import recipe_from_spec
+    from kdlib.stacked import distill_stacked
+    from kdlib.train import make_model, predict_logits
+
     found = [load_student(folder, k) for k in keys]
     todo = [i for i, f in enumerate(found) if f is None]
     if todo:
@@ -219,12 +238,20 @@ def distill_one(folder, data, teacher_model, teacher: dict, student: str, studen
     """One student distilled with `kdlib.train.distill` (for losses that do not stack, such
     as FitNet's hints with their own regressor), read from the store when it is there, else
     trained (no per-epoch evaluation) and saved. Returns the dict of `distill_students`."""
-    from kdlib.recipe import recipe_from_spec
-    from kdlib.train import distill, make_model, predict_logits
 
     seed = check_int(seed, "seed", minimum=0)
     key = student_key(teacher, student, student_recipe, loss, temperature, seed, alpha,
                       student_kwargs, loss_kwargs)
+    with group_lock(folder, [key]):
+        return _distill_one(folder, data, teacher_model, student, student_recipe, loss,
+                            temperature, seed, alpha, loss_kwargs, student_kwargs, key)
+
+
+def _distill_one(folder, data, teacher_model, student, student_recipe, loss, temperature,
+                 seed, alpha, loss_kwargs, student_kwargs, key):
+    from kdlib.recipe import recipe_from_spec
+    from kdlib.train import distill, make_model, predict_logits
+
     found = load_student(folder, key)
     if found is not None:
         return {**found, "cached": True}
@@ -240,6 +267,6 @@ def distill_one(folder, data, teacher_model, teacher: dict, student: str, studen
             "cached": False}
 
 
-__all__ = ["KEY_VERSION", "data_key", "distill_one", "distill_students", "key_digest",
-           "load_student", "recipe_key", "save_student", "student_file", "student_key",
-           "teacher_id"]
+__all__ = ["KEY_VERSION", "data_key", "distill_one", "distill_students", "group_lock",
+           "key_digest", "load_student", "recipe_key", "save_student", "student_file",
+           "student_key", "teacher_id"]
