@@ -187,6 +187,11 @@ def plan_totals(frame: pd.DataFrame) -> dict:
     train; student models; GPU-hours to spend, and what they would be without dedup."""
     if not isinstance(frame, pd.DataFrame):
         raise TypeError("frame must be a DataFrame from plan_frame")
+    if not len(frame):
+        return {"runs": 0, "unique": 0, "saved_by_dedup": 0, "done": 0, "to_train": 0,
+                "models_to_train": 0, "gpu_hours": 0.0, "gpu_hours_without_dedup": 0.0,
+                "saved_gpu_hours": 0.0}
+    frame = frame.astype({"duplicate": bool, "done": bool})
     unique = frame[~frame["duplicate"]]
     todo = unique[~unique["done"]]
     return {"runs": int(len(frame)), "unique": int(len(unique)),
@@ -257,6 +262,34 @@ def _teacher_cached(spec, arch, recipe, seed, kwargs, cache_dir) -> bool:
     return (folder / "final.pt").is_file()
 
 
+def student_runs(data: dict, teacher: str, teacher_recipe, teacher_seed: int, student: str,
+                 student_recipe, specs: list, seed: int, store: str,
+                 student_kwargs: dict | None = None, loss_kwargs: dict | None = None,
+                 label: str = "") -> list[PlannedRun]:
+    """One PlannedRun per student of a group trained together from the student store
+    (`kdlib.student_store.distill_students` / `distill_one`): keyed by
+    `student_store.student_key`, so a student several notebooks define identically counts
+    once; done when the store (runs/<store>/students) holds it. specs: [{"loss",
+    "temperature"[, "alpha"]}]."""
+    from kdlib.experiments.common import students_dir
+    from kdlib.recipe import recipe_from_spec
+    from kdlib.student_store import student_file, student_key, teacher_id
+
+    t_id = teacher_id(data, teacher, teacher_recipe, teacher_seed)
+    folder = students_dir(store)
+    epochs = recipe_from_spec(student_recipe).epochs
+    runs = []
+    for spec in specs:
+        key = student_key(t_id, student, student_recipe, spec["loss"], spec["temperature"],
+                          seed, spec.get("alpha", 1.0), student_kwargs, loss_kwargs)
+        runs.append(PlannedRun(
+            "", "student", student, data["name"], epochs, train_images(data),
+            key=run_key(student=key), teacher=teacher, done=student_file(folder, key).is_file(),
+            label=label or f"{teacher} -> {student} {spec['loss']} at tau "
+                           f"{spec['temperature']:g}, seed {seed}"))
+    return runs
+
+
 def stored_cells(store, cells: list, namespace: str | None = None) -> list[bool]:
     """For each sweep cell: True when the sweep store file `store` holds its result under
     `namespace`. A missing store means nothing is stored (it is never created)."""
@@ -273,5 +306,6 @@ def stored_cells(store, cells: list, namespace: str | None = None) -> list[bool]
 
 
 __all__ = ["DEFAULT_THROUGHPUT", "PlannedRun", "format_plan", "gpu_hours", "macs",
-           "plan_frame", "plan_totals", "run_cost", "run_key", "stored_cells", "teacher_run",
+           "plan_frame", "plan_totals", "run_cost", "run_key", "stored_cells", "student_runs",
+           "teacher_run",
            "train_images"]

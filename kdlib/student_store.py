@@ -168,7 +168,8 @@ def _plain_record(record):
 
 def distill_students(folder, data, teacher_model, teacher: dict, student: str,
                      student_recipe, specs: list, seed: int, *, student_kwargs=None,
-                     progress: bool = False) -> list[dict]:
+                     progress: bool = False, checkpoint_dir=None,
+                     mode: str = "auto") -> list[dict]:
     """Every student of `specs` ([{"loss", "temperature", optional "alpha"}], logit losses
     that `kdlib.stacked.distill_stacked` stacks) distilled from `teacher_model` on `data`
     (a kdlib Dataset), read from the store where it is there, the others trained together
@@ -176,7 +177,10 @@ def distill_students(folder, data, teacher_model, teacher: dict, student: str,
 
     teacher: `teacher_id(...)` of teacher_model. Returns one dict per spec, in order:
     {"key", "record", "test_logits" (N x C float32 CPU tensor), "model" (the student's
-    state_dict), "cached" (True when it was read from the store)}."""
+    state_dict), "cached" (True when it was read from the store)}.
+    checkpoint_dir: where the stacked run keeps its resumable state (distill_stacked's
+    checkpoint_dir: a killed run resumes from its last complete epoch); the state is removed
+    once every student is saved in the store. mode: distill_stacked's representation."""
 
     if not isinstance(specs, (list, tuple)) or not specs:
         raise ValueError("specs must be a non-empty list of {'loss', 'temperature'} dicts")
@@ -191,7 +195,7 @@ def distill_students(folder, data, teacher_model, teacher: dict, student: str,
                                 seed, s.get("alpha", 1.0), student_kwargs))
     with group_lock(folder, keys):
         return _distill_students(folder, data, teacher_model, student, student_recipe, specs,
-                                 seed, keys, student_kwargs, progress)
+                                 seed, keys, student_kwargs, progress, checkpoint_dir, mode)
 
 
 def group_lock(folder, keys: list):
@@ -206,7 +210,7 @@ def group_lock(folder, keys: list):
 
 
 def _distill_students(folder, data, teacher_model, student, student_recipe, specs, seed, keys,
-                      student_kwargs, progress):
+                      student_kwargs, progress, checkpoint_dir=None, mode="auto"):
     from kdlib.recipe import recipe_from_spec
     from kdlib.stacked import distill_stacked
     from kdlib.train import make_model, predict_logits
@@ -221,12 +225,15 @@ def _distill_students(folder, data, teacher_model, student, student_recipe, spec
                       "alpha": float(specs[i].get("alpha", 1.0))} for i in todo]
         records = distill_stacked(models, teacher_model, data, run_specs,
                                   recipe_from_spec(student_recipe), seed=seed,
-                                  progress=progress)
+                                  progress=progress, checkpoint_dir=checkpoint_dir, mode=mode)
         for i, model, rec in zip(todo, models, records):
             logits = predict_logits(model, data)
             save_student(folder, keys[i], model, logits, rec)
             found[i] = {"key": keys[i], "model": model.state_dict(), "test_logits": logits,
                         "record": rec, "cached": False}
+        if checkpoint_dir is not None:  # every student is in the store: the state is spent
+            for name in ("state.pt", "state.pt.sha256"):
+                (Path(checkpoint_dir) / name).unlink(missing_ok=True)
     for f in found:
         f.setdefault("cached", True)
     return found

@@ -481,3 +481,27 @@ def headline_figures(df: pd.DataFrame, corr: pd.DataFrame) -> dict:
         out["FitNet - KD, mean over tau"] = points(r["mean"] / 100, r["lo"] / 100 if ok else None,
                                                    r["hi"] / 100 if ok else None)
     return out
+
+
+def plan_runs(cfg: dict, scale: str = "default") -> list:
+    """Every training the preset needs (kdlib plan): the cached teacher, each FitNet student
+    (KD(tau) + hint, and the hint-only arm) and each stacked KD/DIST student, keyed like the
+    student store (so the students notebook 02 also trains count once) and done when the
+    store holds them. Nothing is loaded or trained."""
+    from kdlib.plan import student_runs, teacher_run
+
+    if skipped_tables(cfg) or cfg.get("data") is None:
+        return []
+    runs = [teacher_run(cfg["data"], cfg["teacher"], cfg["teacher_recipe"], cfg["teacher_seed"])]
+    for c in fitnet_grid(cfg, scale):
+        runs += student_runs(c["data"], c["teacher"], c["teacher_recipe"], c["teacher_seed"],
+                             c["student"], c["student_recipe"],
+                             [{"loss": c["loss"], "temperature": c["temperature"]}], c["seed"],
+                             c["store"], loss_kwargs={"stage": c["stage"],
+                                                      "hint_weight": c["hint_weight"]})
+    for c in logit_grid(cfg, scale):
+        specs = [{"loss": loss, "temperature": t} for loss in c["losses"]
+                 for t in c["temperatures"]]
+        runs += student_runs(c["data"], c["teacher"], c["teacher_recipe"], c["teacher_seed"],
+                             c["student"], c["student_recipe"], specs, c["seed"], c["store"])
+    return runs

@@ -400,3 +400,20 @@ def headline_figures(corr: pd.DataFrame, exag: pd.DataFrame) -> dict:
         out[f"more confident than the teacher at T = 1, {r['loss']}"] = percent(
             float(r["exaggeration_t1"]))
     return out
+
+
+def plan_runs(cfg: dict, scale: str = "default") -> list:
+    """Every training the preset needs (kdlib plan): the cached teacher and each (loss,
+    temperature, seed) student, keyed like the student store (students shared with notebooks
+    02 and 06 count once) and done when the store holds them. Nothing is trained."""
+    from kdlib.plan import student_runs, teacher_run
+
+    if skipped_tables(cfg):
+        return []
+    runs = [teacher_run(cfg["data"], cfg["teacher"], cfg["teacher_recipe"], cfg["teacher_seed"])]
+    for c in grid(cfg, scale):
+        specs = [{"loss": loss, "temperature": float(t)} for loss in c["losses"]
+                 for t in c["temperatures"]]
+        runs += student_runs(c["data"], c["teacher"], c["teacher_recipe"], c["teacher_seed"],
+                             c["student"], c["student_recipe"], specs, c["seed"], c["store"])
+    return runs

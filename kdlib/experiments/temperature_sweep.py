@@ -284,16 +284,11 @@ def _distill(folder, ds, teacher_model, tid, student, student_recipe, specs, see
              student_kwargs, checkpoint_dir):
     """The students of `specs` through the student store (`kdlib.student_store`): read when
     stored (e.g. trained by another notebook with the same key), else trained stacked."""
-    import inspect
-
     from kdlib.student_store import distill_students
 
-    kwargs = {}
-    if checkpoint_dir is not None and "checkpoint_dir" in inspect.signature(
-            distill_students).parameters:
-        kwargs["checkpoint_dir"] = checkpoint_dir
     return distill_students(folder, ds, teacher_model, tid, student, student_recipe, specs,
-                            seed, student_kwargs=student_kwargs or None, **kwargs)
+                            seed, student_kwargs=student_kwargs or None,
+                            checkpoint_dir=checkpoint_dir)
 
 
 def _student_rows(specs, found, t_logits, extra):

@@ -439,3 +439,28 @@ def paper_beside_ours(summary: pd.DataFrame, teacher: str, student: str) -> pd.D
         row[f"{role}_kd_accuracy"] = float(summary.loc[role, "accuracy_mean"])
     kd = paper.drop(columns=[c for c in paper if c.endswith("dist_accuracy")])
     return pd.concat([kd, pd.DataFrame([row])], ignore_index=True)
+
+
+def plan_runs(cfg: dict, scale: str = "default") -> list:
+    """Every training the preset needs (kdlib plan): the cached teacher and, per seed, the
+    two students of the low- and high-ECE temperatures. Those temperatures are picked from
+    the trained teacher's ECE curve, so before it exists the students are keyed by seed and
+    role only (they cannot be matched with other notebooks' students) and not marked done."""
+    from kdlib.plan import PlannedRun, run_key, teacher_run, train_images
+    from kdlib.recipe import recipe_from_spec
+
+    if skipped_tables(cfg):
+        return []
+    _check_cfg(cfg)
+    runs = [teacher_run(cfg["data"], cfg["teacher"], cfg["teacher_recipe"], cfg["teacher_seed"])]
+    epochs = recipe_from_spec(cfg["student_recipe"]).epochs
+    for seed in cfg["seeds"]:
+        runs.append(PlannedRun(
+            "", "student", cfg["student"], cfg["data"]["name"], epochs,
+            train_images(cfg["data"]), members=len(ROLES), teacher=cfg["teacher"],
+            key=run_key(experiment=NAME, seed=int(seed), data=cfg["data"],
+                        student=cfg["student"], recipe=cfg["student_recipe"],
+                        loss=cfg["loss"], store=run_name(scale, cfg.get("dry_run", False))),
+            label=f"{cfg['loss']} students at the {'/'.join(ROLES)} temperatures, "
+                  f"seed {seed}"))
+    return runs
