@@ -265,17 +265,21 @@ def _teacher_cached(spec, arch, recipe, seed, kwargs, cache_dir) -> bool:
 def student_runs(data: dict, teacher: str, teacher_recipe, teacher_seed: int, student: str,
                  student_recipe, specs: list, seed: int, store: str,
                  student_kwargs: dict | None = None, loss_kwargs: dict | None = None,
-                 label: str = "") -> list[PlannedRun]:
+                 label: str = "", teacher_kwargs: dict | None = None,
+                 teacher_extra: dict | None = None) -> list[PlannedRun]:
     """One PlannedRun per student of a group trained together from the student store
     (`kdlib.student_store.distill_students` / `distill_one`): keyed by
     `student_store.student_key`, so a student several notebooks define identically counts
     once; done when the store (runs/<store>/students) holds it. specs: [{"loss",
-    "temperature"[, "alpha"]}]."""
+    "temperature"[, "alpha"]}]. teacher_kwargs: the teacher's build_model arguments;
+    teacher_extra: entries the caller adds to the teacher's id (e.g. a control's held-out
+    fraction), as it does when it trains them."""
     from kdlib.experiments.common import students_dir
     from kdlib.recipe import recipe_from_spec
     from kdlib.student_store import student_file, student_key, teacher_id
 
-    t_id = teacher_id(data, teacher, teacher_recipe, teacher_seed)
+    t_id = {**teacher_id(data, teacher, teacher_recipe, teacher_seed, kwargs=teacher_kwargs),
+            **(teacher_extra or {})}
     folder = students_dir(store)
     epochs = recipe_from_spec(student_recipe).epochs
     runs = []

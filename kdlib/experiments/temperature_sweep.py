@@ -848,3 +848,47 @@ def figure4_claims(f4: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             f"({group})", "Figure 4: KD declines as the teacher's calibration deteriorates",
             "less", cell="teacher_label", n_boot=n_boot, scale=100, unit="%", digits=0))
     return cl.claims_table(rows)
+
+
+def plan_runs(cfg: dict, scale: str = "default") -> list:
+    """Every training the preset needs (kdlib plan): one teacher per distinct (data, teacher,
+    recipe) (the control's teacher, trained on the training split minus its held-out part,
+    apart), and every student of every cell, keyed like the student store (so students
+    notebooks 06 and 07 share count once) and done when the store holds them. Nothing is
+    loaded beyond what a teacher's cache check needs; nothing is trained."""
+    from kdlib.plan import PlannedRun, run_key, student_runs, teacher_run, train_images
+    from kdlib.recipe import recipe_from_spec
+
+    store = run_name(scale, cfg.get("dry_run", False))
+    runs, teachers = [], set()
+    for c in grid(cfg):
+        kwargs = c.get("teacher_kwargs") or {}
+        holdout = c.get("calibration_holdout")
+        marker = json.dumps([c["data"], c["teacher"], kwargs, c["teacher_recipe"], holdout],
+                            sort_keys=True, default=str)
+        if marker not in teachers:
+            teachers.add(marker)
+            if holdout is None:
+                runs.append(teacher_run(c["data"], c["teacher"], c["teacher_recipe"],
+                                        c.get("teacher_seed", 0), model_kwargs=kwargs))
+            else:
+                n = int(train_images(c["data"]) * (1 - float(holdout)))
+                runs.append(PlannedRun(
+                    "", "teacher", c["teacher"], c["data"]["name"],
+                    recipe_from_spec(c["teacher_recipe"]).epochs, max(n, 1),
+                    key=run_key(role="teacher", data=c["data"], arch=c["teacher"],
+                                recipe=c["teacher_recipe"], holdout=float(holdout)),
+                    label=f"teacher {c['teacher']} without the held-out {holdout:g}",
+                    model_kwargs=kwargs))
+        specs = [{"loss": loss, "temperature": float(t)} for loss in c["losses"]
+                 for t in c["temperatures"]]
+        extras = [{}] if holdout is None else [
+            {"heldout_fraction": float(holdout)},
+            {"heldout_fraction": float(holdout), "scaled_by_heldout_temperature": True}]
+        for extra in extras:  # the control's raw and calibrated arms
+            runs += student_runs(c["data"], c["teacher"], c["teacher_recipe"],
+                                 c.get("teacher_seed", 0), c["student"], c["student_recipe"],
+                                 specs, c["seed"], store,
+                                 student_kwargs=c.get("student_kwargs") or None,
+                                 teacher_kwargs=kwargs or None, teacher_extra=extra)
+    return runs
