@@ -789,7 +789,7 @@ def run_reports(
     sources = check_run(sources, out_dir, scale, parameters, cell_timeout, notebook_timeout,
                         dry_run=dry_run, select=select)
     sources = [s.resolve() for s in sources]
-    n_jobs = resolve_jobs(jobs, scale, len(sources))
+    n_jobs = resolve_jobs(jobs, scale, len(sources), dry_run=dry_run)
     timeout_s = resolve_notebook_timeout(notebook_timeout, scale)
     parameters = {**dict(parameters or {}), **flag_parameters(dry_run, select)}
     about = {**run_info(dry_run, select), "jobs": n_jobs}

@@ -7,7 +7,8 @@
 Rule of "auto": at the smoke and default scales every notebook trains on one torch thread
 (their presets say so), so one notebook per CPU core, and never more than the number of
 notebooks; at the paper scale a notebook keeps the machine (all cores, the GPU) to itself,
-so one at a time. CPU cores are those this process may use: its CPU affinity, capped by a
+so one at a time (except in a dry run, whose cut trainings run on one thread). CPU cores
+are those this process may use: its CPU affinity, capped by a
 cgroup (v2) CPU quota when there is one.
 """
 
@@ -42,16 +43,18 @@ def cpu_cores(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     return max(1, cores)
 
 
-def resolve_jobs(jobs, scale: str, n_notebooks: int, cores: int | None = None) -> int:
+def resolve_jobs(jobs, scale: str, n_notebooks: int, cores: int | None = None,
+                 dry_run: bool = False) -> int:
     """Notebooks to run at once: `jobs` an integer >= 1 or "auto" (see the module
     docstring), never more than `n_notebooks` (>= 1). `cores` defaults to `cpu_cores()`.
-    ValueError for anything else."""
+    dry_run: a dry run's cut trainings run on one torch thread at every scale, so "auto"
+    gives one notebook per core there too. ValueError for anything else."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
     if isinstance(n_notebooks, bool) or not isinstance(n_notebooks, Integral) or n_notebooks < 1:
         raise ValueError(f"n_notebooks must be an integer >= 1, got {n_notebooks!r}")
     if isinstance(jobs, str) and jobs == AUTO:
-        if scale in WHOLE_MACHINE_SCALES:
+        if scale in WHOLE_MACHINE_SCALES and not dry_run:
             return 1
         return max(1, min(cpu_cores() if cores is None else int(cores), int(n_notebooks)))
     if isinstance(jobs, bool) or not isinstance(jobs, Integral) or jobs < 1:

@@ -16,6 +16,7 @@ def test_auto_is_one_per_core_up_to_the_notebooks_and_one_at_paper_scale():
     assert resolve_jobs("auto", "smoke", 3, cores=2) == 2
     assert resolve_jobs("auto", "default", 1, cores=8) == 1
     assert resolve_jobs("auto", "paper", 10, cores=64) == 1
+    assert resolve_jobs("auto", "paper", 10, cores=2, dry_run=True) == 2  # one thread each
     assert resolve_jobs(4, "paper", 10) == 4  # asked for: the user's choice
     assert resolve_jobs(4, "default", 3) == 3  # never more than the notebooks
 
