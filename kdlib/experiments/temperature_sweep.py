@@ -194,9 +194,11 @@ presets.register(NAME, {
 
 def dry_run_hook(cfg: dict) -> dict:
     """The dry-run mapping of values tied to epoch counts: the training-length panel's
-    teacher epochs become the cut recipe's (kdlib.dry_run.DRY_EPOCHS, once)."""
+    teacher epochs become the cut recipe's (kdlib.dry_run.DRY_EPOCHS, once); the cut
+    trainings run on one torch thread (tiny batches: more threads only wait on each other)."""
     from kdlib.dry_run import DRY_EPOCHS
 
+    cfg["torch_threads"] = 1
     tl = cfg.get("figure4_training_length")
     if tl:
         cfg["figure4_training_length"] = {**tl, "teacher_epochs": [DRY_EPOCHS]}
