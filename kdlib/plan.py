@@ -257,7 +257,11 @@ def _teacher_cached(spec, arch, recipe, seed, kwargs, cache_dir) -> bool:
 
     if spec["name"] not in NUM_CLASSES or missing_data(spec):
         return False
-    folder = teacher_dir(teacher_key(arch, load_data(spec), recipe, seed, kwargs),
+    try:
+        data = load_data(spec)
+    except (OSError, ValueError):  # present but unreadable: not known to be cached
+        return False
+    folder = teacher_dir(teacher_key(arch, data, recipe, seed, kwargs),
                          cache_dir or teacher_cache_dir())
     return (folder / "final.pt").is_file()
 
