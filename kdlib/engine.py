@@ -491,8 +491,12 @@ class Engine:
             self.end_epoch(epoch, *self.run_epoch(epoch))
             rows = [h[-1] for h in self.histories]
             if self.stack.k == 1:
-                bar.set_postfix(loss=f"{rows[0]['train_loss']:.3f}",
-                                acc=f"{rows[0].get('test_accuracy', float('nan')):.3f}")
+                shown = {"loss": f"{rows[0]['train_loss']:.3f}"}
+                if "test_accuracy" in rows[0]:  # evaluated this epoch (eval_every)
+                    shown["acc"] = f"{rows[0]['test_accuracy']:.3f}"
+                else:
+                    shown["train_acc"] = f"{rows[0]['train_accuracy']:.3f}"
+                bar.set_postfix(shown)
             else:
                 mean = sum(r["train_loss"] for r in rows) / len(rows)
                 bar.set_postfix(mean_loss=f"{mean:.3f}")
