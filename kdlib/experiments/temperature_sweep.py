@@ -103,7 +103,11 @@ _GMM_PAIR = {"name": "gmm100 mlp256x2->mlp32", "data": dict(_GMM),
              "teacher": "mlp", "teacher_kwargs": {"hidden": [256, 256]},
              "teacher_recipe": _GMM_TEACHER,
              "student": "mlp", "student_kwargs": {"hidden": [32]},
-             "student_recipe": _GMM_STUDENT, "temperatures": PAPER_TEMPERATURES}
+             "student_recipe": _GMM_STUDENT, "temperatures": PAPER_TEMPERATURES,
+             # DKD diverges here: its NCKD term weighs 8 x tau^2 (512 at tau 8, 8x KD's) and
+             # the 32-unit MLP student at lr 0.05 goes to NaN within 5 epochs (measured);
+             # KD, DIST and KD-LS only. The digits pair runs every loss.
+             "losses": ["kd", "dist", "kd_ls"]}
 
 presets.register(NAME, {
     "smoke": {
@@ -483,7 +487,8 @@ def grid(cfg: dict) -> list[dict]:
         if missing_data(pair["data"]):
             continue
         for seed in pair.get("seeds", cfg["seeds"]):
-            cells.append(_cell(pair, seed, losses, PARTS[key]))
+            own = [loss for loss in losses if loss in pair.get("losses", losses)]
+            cells.append(_cell(pair, seed, own, PARTS[key]))
             if ctl:
                 cells.append(_cell(pair, seed, ctl.get("losses", ["kd"]), "control",
                                    calibration_holdout=float(ctl["holdout"])))
