@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlib.checkpoint import CorruptCheckpointError, load_checkpoint, move_aside, save_atomic
-from kdlib.devices import autocast
+from kdlib.devices import autocast, channels_last
 from kdlib.recipe import Recipe
 
 # config keys that describe where a run ran, not what it is: a resume may differ in them
@@ -393,7 +393,7 @@ class Engine:
                              f"BatchNorm needs batches of at least 2")
         self.schedule = lr_schedule(recipe)
         self.guard = DivergenceGuard(self.device, recipe, self.steps_per_epoch, members)
-        self.channels_last = self.device.type == "cuda"
+        self.channels_last = channels_last(self.device)  # batches in the models' format
         self.losses_fn = _compiled(losses_fn, compile, self.device)
         self.reset_optimizer()
         self.histories = [[] for _ in range(stack.k)]

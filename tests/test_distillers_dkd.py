@@ -161,3 +161,16 @@ def test_fitnet_ce_is_cross_entropy_plus_the_hint_without_kd():
     assert float(got) == pytest.approx(float(by_hand), rel=1e-6)
     other = d(student, (torch.randn(5, 3) * 50, None, [t_stage]), labels)
     assert float(other) == pytest.approx(float(got), rel=1e-7)
+
+
+def test_stacked_logit_losses_per_member_teachers_in_sweep_order():
+    # a sweep's order (each loss's members consecutive: slices) with one teacher per member
+    s = torch.randn(6, 6, 5, generator=G, dtype=torch.float64) * 2
+    t = torch.randn(6, 6, 5, generator=G, dtype=torch.float64) * 2
+    names, taus = ["kd", "kd", "dist", "dist", "dkd_ls", "dkd_ls"], [1.0, 4.0, 1.0, 4.0, 2.0, 8.0]
+    got = stacked_logit_losses(s, t, taus, names, [1.0] * 6, Y)
+    want = [kd_loss(s[0], t[0], 1.0), kd_loss(s[1], t[1], 4.0), dist_loss(s[2], t[2], 1.0),
+            dist_loss(s[3], t[3], 4.0), dkd_loss(s[4], t[4], Y, 1.0, 8.0, 2.0, True),
+            dkd_loss(s[5], t[5], Y, 1.0, 8.0, 8.0, True)]
+    for i, w in enumerate(want):
+        assert got[i].item() == pytest.approx(w.item(), rel=1e-10, abs=1e-12), i
