@@ -8,14 +8,15 @@
 Measures steady state at the level of ONE distillation step, written here from kdlib's
 public pieces (the training engine itself is being unified; this is the step it runs):
 teacher forward once (no grad) -> K student forwards -> KD loss of every member
-(`kdlib.losses.stacked_kd_dist`, half KD and half DIST at temperatures 1 ... 8) -> one
+(`kdlib.losses.stacked_logit_losses`, half KD, half DIST, temperatures 1 ... 8) -> one
 backward -> one SGD step (momentum 0.9, weight decay 5e-4) over all members.
   * single: one student alone (K = 1, plain module): what K separate runs do K times,
     teacher forward included in every step.
   * loop:   kdlib.stacked.make_stack(mode="loop"): the K students' forwards one after another.
   * vmap:   kdlib.stacked.make_stack(mode="vmap"): torch.func stacked state + vmap.
   * wide:   kdlib.wide.WideModels: one wide network, grouped convolutions.
-  * wide_cl: the same in channels_last memory format (on CUDA every representation is).
+  * wide_cl: the same in channels_last memory format (single, loop and the teacher are in
+    channels_last as in the engine, on the CPU and on CUDA).
 Data: CIFAR-shaped random images (3 x 32 x 32, 100 classes), cropped/flipped/normalised once
 into a pool of batches BEFORE timing (augmentation costs the same per step for every
 representation, so leaving it out favours "single": the ratios are conservative). Setup,
@@ -45,8 +46,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kdlib.data import Dataset  # noqa: E402
-from kdlib.devices import resolve_device  # noqa: E402
-from kdlib.losses import stacked_kd_dist  # noqa: E402
+from kdlib.devices import prepare_model, resolve_device  # noqa: E402
+from kdlib.losses import stacked_logit_losses  # noqa: E402
 from kdlib.models import build_model  # noqa: E402
 
 TABLE6_STUDENT_IMAGES = 5 * 3 * 22 * 240 * 50_000  # pairs x seeds x students x epochs x images
@@ -84,7 +85,7 @@ def batch_pool(n: int, batch: int, classes: int, dev, seed: int = 0):
 def build_stack(rep: str, models, dev):
     """The K students in representation `rep` (single: the one plain module)."""
     if rep == "single":
-        return models[0]
+        return prepare_model(models[0], dev)  # as the engine: channels_last on CPU and CUDA
     if rep in ("wide", "wide_cl"):
         from kdlib.wide import WideModels
 
@@ -108,7 +109,7 @@ class Step:
                                    weight_decay=5e-4)
         temps = [1.0 + (i // 2) % 8 for i in range(k)]
         self.taus = torch.tensor(temps, device=dev)
-        self.is_dist = torch.tensor([i % 2 == 1 for i in range(k)], device=dev)
+        self.names = tuple("dist" if i % 2 else "kd" for i in range(k))
         self.alphas = torch.ones(k, device=dev)
         self.plain = isinstance(stack, torch.nn.Module)
         self.channels_last = any(p.dim() == 4 and p.is_contiguous(
@@ -126,8 +127,8 @@ class Step:
             s = self.stack(x)
             if self.plain:
                 s = s.unsqueeze(0)
-            losses = stacked_kd_dist(s.float(), t.float(), self.taus, self.is_dist, self.alphas,
-                                     y, check_values=False)
+            losses = stacked_logit_losses(s.float(), t.float(), self.taus, self.names,
+                                          self.alphas, y, check_values=False)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         self.opt.step()
@@ -291,9 +292,7 @@ def main(argv=None):
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    teacher = build_model(args.teacher, args.classes).to(dev).eval()
-    if dev.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)
+    teacher = prepare_model(build_model(args.teacher, args.classes), dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     pool = batch_pool(4, args.batch_size, args.classes, dev)

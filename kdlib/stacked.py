@@ -42,7 +42,6 @@ from kdlib.engine import (
 from kdlib.losses import (
     STACKED_LOSSES,
     check_temperature,
-    stacked_kd_dist,
     stacked_logit_losses,
 )
 from kdlib.recipe import Recipe
@@ -377,24 +376,19 @@ def _distill_stacked(students, teacher, dd, specs, recipe, seed, dev, progress, 
     distillers = [make_distiller(s["loss"], s["temperature"], s["alpha"]) for s in specs]
 
     names = [s["loss"] if isinstance(s["loss"], str) else None for s in specs]
-    # all KD/DIST: stacked_kd_dist; any other mix of named logit losses: stacked_logit_losses
-    vectorized = all(n in ("kd", "dist") for n in names)
-    logit_named = not vectorized and all(n in STACKED_LOSSES for n in names)
+    # named logit losses (KD, DIST, DKD and their standardized forms): stacked_logit_losses,
+    # each loss computed on its own members (measured in its docstring); others one by one
+    logit_named = all(n in STACKED_LOSSES for n in names)
+    names = tuple(names)
     taus = torch.tensor([d.temperature for d in distillers], device=dev)
     alphas = torch.tensor([d.alpha for d in distillers], device=dev)
-    is_dist = torch.tensor([s["loss"] == "dist" for s in specs], device=dev) if vectorized \
-        else None
     stack = make_stack(students, mode, dev)
 
     def losses_fn(x, y, idx):
         with torch.no_grad():
             t_logits = teacher(x)
         s_logits = stack(x)
-        if vectorized:  # all KD/DIST: a handful of batched ops instead of K small ones
-            s32 = full_precision(s_logits)
-            losses = stacked_kd_dist(s32, full_precision(t_logits), taus.to(s32.dtype),
-                                     is_dist, alphas.to(s32.dtype), y, check_values=False)
-        elif logit_named:  # KD, DIST, DKD and their logit-standardized forms, batched
+        if logit_named:  # a handful of batched ops instead of K small ones
             s32 = full_precision(s_logits)
             losses = stacked_logit_losses(s32, full_precision(t_logits), taus.to(s32.dtype),
                                           names, alphas.to(s32.dtype), y, check_values=False)
