@@ -58,6 +58,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kdlib.models.head import LogitsLinear
+
 __all__ = ["WideModels", "WideConv2d", "WideBatchNorm2d", "WideLinear"]
 
 
@@ -201,7 +203,7 @@ def _check_models(models) -> list[nn.Module]:
     if len({id(m) for m in models}) != len(models):
         raise ValueError("models must be distinct module objects (one per member)")
     allowed = _supported_classes()
-    widened = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+    widened = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, LogitsLinear)
     for name, mod in models[0].named_modules():
         if type(mod) not in allowed and type(mod) not in widened:
             raise TypeError(f"cannot widen module {name or '<root>'} of type "
@@ -226,7 +228,7 @@ def _replace(module: nn.Module, k: int, head: nn.Module | None = None) -> None:
             setattr(module, name, WideConv2d(k, child))
         elif type(child) is nn.BatchNorm2d:
             setattr(module, name, WideBatchNorm2d(k, child))
-        elif type(child) is nn.Linear:
+        elif type(child) in (nn.Linear, LogitsLinear):
             setattr(module, name, WideLinear(k, child, full_precision=child is head))
         else:
             _replace(child, k, head)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validate import check_int
+from .head import LogitsLinear
 from .sizes import (
     MAX_FEATURES,
     MAX_HIDDEN_LAYERS,
@@ -45,7 +46,7 @@ class MLP(nn.Module):
         pairs = zip(widths[:-1], widths[1:], strict=True)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairs)
         self.feature_dim = widths[-1]
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.fc = LogitsLinear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         if not isinstance(x, torch.Tensor):

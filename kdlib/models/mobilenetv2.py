@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .head import LogitsLinear
 from .resnet import check_image_input, init_conv_bn_
 from .sizes import (
     check_expansion,
@@ -152,7 +153,7 @@ class MobileNetV2(nn.Module):
         self.head_conv = nn.Sequential(
             nn.Conv2d(in_planes, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU()
         )
-        self.fc = nn.Linear(last, num_classes)
+        self.fc = LogitsLinear(last, num_classes)
         init_conv_bn_(self)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):

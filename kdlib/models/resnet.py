@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .head import LogitsLinear
 from .sizes import (
     MAX_CONV_CHANNELS,
     check_in_channels,
@@ -143,7 +144,7 @@ class CIFARResNet(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
-        self.fc = nn.Linear(c3, num_classes)
+        self.fc = LogitsLinear(c3, num_classes)
         init_conv_bn_(self)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .head import LogitsLinear
 from .resnet import check_image_input, init_conv_bn_
 from .sizes import (
     check_in_channels,
@@ -105,7 +106,7 @@ class WideResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.final_bn = nn.BatchNorm2d(widths[-1])
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.fc = LogitsLinear(widths[-1], num_classes)
         init_conv_bn_(self)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
