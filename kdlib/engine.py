@@ -348,10 +348,16 @@ class StackState:
 
 @torch.no_grad()
 def stack_test_logits(stack, dd, batch_size: int = 1024) -> torch.Tensor:
-    """K x N_test x C fp32 logits of the stack in eval mode on the test split (CPU)."""
+    """K x N_test x C fp32 logits of the stack in eval mode on the test split (CPU); images
+    in the training format (channels_last where the engine uses it), as predict_logits."""
     was = getattr(stack, "training", True)
     stack.eval()
-    out = [stack(b.x).float() for b in dd.test_batches(batch_size)]
+    out = []
+    for b in dd.test_batches(batch_size):
+        x = b.x
+        if x.dim() == 4 and channels_last(x.device):
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(stack(x).float())
     stack.train(was)
     return torch.cat(out, dim=1).cpu()
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from kdlib import calibration, fidelity
 from kdlib._validate import as_tensor, check_finite_tensor, check_fraction, check_int
 from kdlib.batches import DeviceData
-from kdlib.devices import prepare_model, resolve_device
+from kdlib.devices import channels_last, prepare_model, resolve_device
 from kdlib.distillers import (
     FITNET_LOSSES,
     Distiller,
@@ -153,17 +153,23 @@ def check_classes(model, dd: DeviceData, role: str) -> None:
 @torch.no_grad()
 def predict_logits(model, data, device="auto", batch_size: int = 1024) -> torch.Tensor:
     """Logits of `model` (eval mode) on the unaugmented test split: N x C float32, on CPU.
-    Computed in fp32 (no autocast), so every metric derived from them is too."""
+    Computed in fp32 (no autocast), so every metric derived from them is too. The model is
+    prepared as for training (`kdlib.devices.prepare_model`: channels_last for conv nets,
+    in place) and fed inputs in the same format, so a model just trained and the same
+    weights loaded from disk give bit-identical logits."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device)
     dd = as_device_data(data, dev)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
+    model = prepare_model(model, dev)
+    cl = channels_last(dev, model)
     was_training = model.training
     model.eval()
     out = []
     for b in dd.test_batches(batch_size):
-        out.append(model(b.x).float())
+        x = b.x.contiguous(memory_format=torch.channels_last) if cl and b.x.dim() == 4 else b.x
+        out.append(model(x).float())
     model.train(was_training)
     return torch.cat(out).cpu()
 
