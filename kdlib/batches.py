@@ -161,6 +161,12 @@ def _check_values(dataset) -> None:
                                  f"[{lo}, {hi}]")
 
 
+def _in_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """x in channels_last memory format when asked and x is a 4-D image batch."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 \
+        else x
+
+
 class EpochPlan:
     """One epoch of training batches whose random draws are already on the device
     (`DeviceData.epoch_plan`). len(plan) batches; plan[i] or iteration -> Batch."""
@@ -181,9 +187,7 @@ class EpochPlan:
         if self.offsets is not None:
             flips = None if self.flips is None else self.flips[a:b]
             x = _crop_flip(x, self.pad, self.offsets[a:b], flips)
-        x = d._normalize(x)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = _in_format(d._normalize(x), self.channels_last)
         return Batch(x, d.train_y.index_select(0, idx), idx)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -339,17 +343,20 @@ class DeviceData:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        """The test split in order, normalized, never augmented."""
+    def test_batches(self, batch_size: int, channels_last: bool = False) -> Iterator[Batch]:
+        """The test split in order, normalized, never augmented. channels_last: 4-D images
+        in channels_last memory format (as the training batches of epoch_plan)."""
         batch_size = check_int(batch_size, "batch_size", minimum=1)
-        return self._test_epoch(batch_size)
+        if not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
+        return self._test_epoch(batch_size, channels_last)
 
-    def _test_epoch(self, batch_size):
+    def _test_epoch(self, batch_size, channels_last):
         for start in range(0, self.num_test, batch_size):
             stop = min(start + batch_size, self.num_test)
             idx = torch.arange(start, stop, device=self.device)
-            yield Batch(self._normalize(to_float(self.test_x[start:stop])),
-                        self.test_y[start:stop], idx)
+            x = _in_format(self._normalize(to_float(self.test_x[start:stop])), channels_last)
+            yield Batch(x, self.test_y[start:stop], idx)
 
     def __repr__(self) -> str:
         return (f"DeviceData({self.dataset.name!r}, device={self.device}, "

@@ -352,12 +352,8 @@ def stack_test_logits(stack, dd, batch_size: int = 1024) -> torch.Tensor:
     in the training format (channels_last where the engine uses it), as predict_logits."""
     was = getattr(stack, "training", True)
     stack.eval()
-    out = []
-    for b in dd.test_batches(batch_size):
-        x = b.x
-        if x.dim() == 4 and channels_last(x.device):
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(stack(x).float())
+    batches = dd.test_batches(batch_size, channels_last=channels_last(dd.device))
+    out = [stack(b.x).float() for b in batches]
     stack.train(was)
     return torch.cat(out, dim=1).cpu()
 

@@ -524,43 +524,34 @@ def _check_loss_names(losses, k: int) -> tuple[str, ...]:
     return names
 
 
-# (loss names, device) -> [(name, slice or index tensor)] and the inverse permutation: built
-# once per stack, so a step sends nothing to the device.
+# (loss names, device) -> ([(name, slice or index tensor)], inverse permutation): built once
+# per stack, so a step sends nothing to the device.
 _FAMILY_CACHE: dict = {}
 
 
-def _loss_families(names: tuple, device) -> list:
-    """The members of each loss in `names`, in first-appearance order: a slice when they are
-    consecutive (a view, no copy), else a LongTensor on `device` (cached)."""
-    key = ("families", names, str(device))
+def _loss_families(names: tuple, device) -> tuple[list, torch.Tensor]:
+    """([(name, members)] in first-appearance order, inverse): members is a slice when that
+    loss's members are consecutive (a view, no copy), else a LongTensor on `device`; inverse
+    puts the losses, concatenated loss by loss, back in member order. Cached."""
+    key = (names, str(device))
     if key not in _FAMILY_CACHE:
-        out = []
+        families, grouped = [], []
         for name in dict.fromkeys(names):
             idx = [i for i, n in enumerate(names) if n == name]
-            if idx == list(range(idx[0], idx[-1] + 1)):
-                out.append((name, slice(idx[0], idx[-1] + 1)))
-            else:
-                out.append((name, torch.tensor(idx, dtype=torch.long, device=device)))
-        _FAMILY_CACHE[key] = out
+            grouped += idx
+            families.append((name, slice(idx[0], idx[-1] + 1)
+                             if idx == list(range(idx[0], idx[-1] + 1))
+                             else torch.tensor(idx, dtype=torch.long, device=device)))
+        inverse = [0] * len(names)
+        for pos, i in enumerate(grouped):
+            inverse[i] = pos
+        _FAMILY_CACHE[key] = (families, torch.tensor(inverse, dtype=torch.long, device=device))
     return _FAMILY_CACHE[key]
 
 
 def _members(z: torch.Tensor, members) -> torch.Tensor:
     """Rows `members` (a slice: a view; an index tensor: a copy) of a K x ... tensor."""
     return z[members] if isinstance(members, slice) else z.index_select(0, members)
-
-
-def _inverse_order(names: tuple, device) -> torch.Tensor:
-    """Index that puts the losses, concatenated family by family, back in member order."""
-    key = ("inverse", names, str(device))
-    if key not in _FAMILY_CACHE:
-        grouped = [i for name in dict.fromkeys(names)
-                   for i, n in enumerate(names) if n == name]
-        inv = [0] * len(names)
-        for pos, i in enumerate(grouped):
-            inv[i] = pos
-        _FAMILY_CACHE[key] = torch.tensor(inv, dtype=torch.long, device=device)
-    return _FAMILY_CACHE[key]
 
 
 def stacked_logit_losses(student_logits, teacher_logits, temperatures, losses, alphas, labels,
@@ -595,10 +586,9 @@ def stacked_logit_losses(student_logits, teacher_logits, temperatures, losses, a
         _check_standardizable(s, "student_logits")
     if any(n.startswith("dkd") for n in names):
         _check_dkd_classes(classes)
-    if t.shape[0] != k:
-        t = t.expand(k, batch, classes)
-    term_parts = []
-    for name, members in _loss_families(names, s.device):
+    families, inverse = _loss_families(names, s.device)
+    term_parts = []  # t is K x B x C here (_stacked_inputs expands a shared teacher)
+    for name, members in families:
         a, b, tau3 = (_members(z, members) for z in (s, t, tau))
         tau3 = tau3.view(-1, 1, 1)
         if name.endswith("_ls"):
@@ -613,5 +603,5 @@ def stacked_logit_losses(student_logits, teacher_logits, temperatures, losses, a
             part = tckd_weight * tckd.mean(1) + nckd_weight * nckd.mean(1)
         term_parts.append(part)
     term = term_parts[0] if len(term_parts) == 1 else \
-        torch.cat(term_parts).index_select(0, _inverse_order(names, s.device))
+        torch.cat(term_parts).index_select(0, inverse)
     return alpha * term * tau**2 + (1.0 - alpha) * _stacked_ce(s, y)

@@ -163,13 +163,10 @@ def predict_logits(model, data, device="auto", batch_size: int = 1024) -> torch.
     dd = as_device_data(data, dev)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     model = prepare_model(model, dev)
-    cl = channels_last(dev, model)
     was_training = model.training
     model.eval()
-    out = []
-    for b in dd.test_batches(batch_size):
-        x = b.x.contiguous(memory_format=torch.channels_last) if cl and b.x.dim() == 4 else b.x
-        out.append(model(x).float())
+    out = [model(b.x).float()
+           for b in dd.test_batches(batch_size, channels_last=channels_last(dev, model))]
     model.train(was_training)
     return torch.cat(out).cpu()
 

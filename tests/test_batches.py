@@ -282,6 +282,14 @@ def test_epoch_plan_draws_the_same_batches_as_one_batch_at_a_time(n_train, drop_
     cl = data.epoch_plan(5, torch.Generator().manual_seed(0), channels_last=True)[0].x
     assert cl.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(cl, data.epoch_plan(5, torch.Generator().manual_seed(0))[0].x)
+    # the test split in the same format on request, the same values
+    plain = list(data.test_batches(4))
+    for b, c in zip(plain, data.test_batches(4, channels_last=True), strict=True):
+        assert c.x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(b.x, c.x) and torch.equal(b.y, c.y)
+    assert plain[0].x.is_contiguous()
+    with pytest.raises(TypeError, match="channels_last must be True or False"):
+        data.test_batches(4, channels_last=1)
 
 
 def test_mean_and_std_are_checked_once_at_construction():
