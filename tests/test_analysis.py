@@ -1,8 +1,16 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from kdlib.analysis import bootstrap_spearman, fit_line, paper_spearman, spearman, spearman_table
+from kdlib.analysis import (
+    bootstrap_spearman,
+    fit_line,
+    paper_spearman,
+    spearman,
+    spearman_rows,
+    spearman_table,
+)
 from kdlib.paper import paper_table
 
 
@@ -68,6 +76,44 @@ def test_spearman_table_per_loss():
     t = spearman_table(_grid(noise=0.0), "ece", "acc", by="loss", n_boot=50)
     assert list(t["loss"]) == ["dist", "kd"]
     assert t.set_index("loss").loc["kd", "rho"] == pytest.approx(-1.0)
+
+
+def test_spearman_rows_hand_values_and_scipy():
+    x = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 1, 1, 1], [1, 2, 2, 3]])
+    y = np.array([[10, 20, 30, 40], [4, 3, 2, 1], [1, 2, 4, 3], [1, 2, 3, 4], [5, 5, 6, 7]])
+    rho = spearman_rows(x, y)
+    assert rho[:3] == pytest.approx([1.0, -1.0, 0.8])  # 1 - 6*2/(4*15) = 0.8
+    assert np.isnan(rho[3])  # constant row: no rank correlation
+    # ties get average ranks: x ranks (1, 2.5, 2.5, 4), y ranks (1.5, 1.5, 3, 4)
+    assert rho[4] == pytest.approx(stats.spearmanr(x[4], y[4]).statistic, abs=1e-15)
+    rng = np.random.default_rng(3)
+    xs, ys = np.round(rng.random((200, 11)), 1), rng.random((200, 11))  # many ties in x
+    want = [stats.spearmanr(a, b).statistic for a, b in zip(xs, ys)]
+    np.testing.assert_allclose(spearman_rows(xs, ys), want, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="B x n"):
+        spearman_rows([1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="n >= 3"):
+        spearman_rows([[1, 2]], [[1, 2]])
+
+
+def test_bootstrap_equals_a_plain_loop_over_replicates():
+    """The vectorized replicates draw in the order of this loop and average in its order:
+    unequal seeds per cell, tied x values, 2,000 replicates."""
+    rng = np.random.default_rng(5)
+    rows = [{"temperature": t, "seed": s, "x": round(float(rng.random()), 1),
+             "y": float(rng.random())} for t in range(9) for s in range(1 + t % 3)]
+    df = pd.DataFrame(rows)
+    got = bootstrap_spearman(df, "x", "y", n_boot=2000, rng_seed=7)
+    groups = [g[["x", "y"]].to_numpy(float) for _, g in df.groupby("temperature")]
+    draw = np.random.default_rng(7)
+    reps = []
+    for _ in range(2000):
+        m = np.array([g[draw.integers(0, len(g), len(g))].mean(0) for g in groups])
+        reps.append(spearman(m[:, 0], m[:, 1]))
+    reps = np.array(reps)
+    lo, hi = np.quantile(reps[np.isfinite(reps)], [0.025, 0.975])
+    assert got["lo"] == pytest.approx(lo, abs=1e-15) and got["hi"] == pytest.approx(hi, abs=1e-15)
+    assert got["lo"] < got["rho"] < got["hi"]
 
 
 def test_bootstrap_validation():

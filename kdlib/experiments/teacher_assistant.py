@@ -55,7 +55,7 @@ import pandas as pd
 
 from kdlib import presets
 from kdlib._validate import check_int, check_positive
-from kdlib.analysis import bootstrap_spearman, paired_difference, spearman
+from kdlib.analysis import bootstrap_spearman, paired_difference, spearman, spearman_rows
 from kdlib.experiments.common import limited_threads
 from kdlib.experiments.early_stopped_teacher import DEFAULT_FULL_RECIPE
 from kdlib.recipe import recipe_from_spec
@@ -518,12 +518,12 @@ def bootstrap_rows_spearman(x, y, n_boot: int = 2000, level: float = 0.95,
         raise ValueError(f"level must be in (0, 1), got {level}")
     rho = spearman(x, y)
     rng = np.random.default_rng(rng_seed)
-    reps = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, x.size, x.size)
-        if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
-            reps.append(spearman(x[idx], y[idx]))
-    if reps:
+    idx = np.empty((n_boot, x.size), dtype=np.int64)
+    for b in range(n_boot):  # one draw per replicate, in the order of a plain loop
+        idx[b] = rng.integers(0, x.size, x.size)
+    reps = spearman_rows(x[idx], y[idx])
+    reps = reps[np.isfinite(reps)]
+    if reps.size:
         lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     else:
         lo = hi = np.nan
