@@ -496,6 +496,7 @@ def test_plan_runs_lists_each_teacher_keyed_like_the_cache(tmp_path, monkeypatch
 
 def test_plan_runs_skip_missing_data_and_read_done_from_the_store(tmp_path, monkeypatch):
     from kdlib import sweep
+    from kdlib.experiments.common import stored_sweep_cells
 
     monkeypatch.setenv("KDLIB_PROJECT_DIR", str(tmp_path))
     assert ce.plan_runs(presets.get(ce.NAME, "paper")) == []  # no CIFAR-100 in tmp_path
@@ -504,13 +505,13 @@ def test_plan_runs_skip_missing_data_and_read_done_from_the_store(tmp_path, monk
     store = tmp_path / "runs" / "default" / f"{ce.NAME}.sqlite"
     sweep.run(_stub_cell, cells[1:2], store, progress=False)
     assert [r.done for r in ce.plan_runs(cfg)] == [False, True, False]  # scale inferred
-    assert ce.stored_cells(ce.NAME, cfg, cells, ce.grid, None, "default") == [False, True,
+    assert stored_sweep_cells(ce.NAME, cfg, cells, ce.grid, None, "default") == [False, True,
                                                                               False]
     # the smoke store does not exist: nothing done, and it is not created
-    assert ce.stored_cells(ce.NAME, cfg, cells, ce.grid, None, "smoke") == [False] * 3
+    assert stored_sweep_cells(ce.NAME, cfg, cells, ce.grid, None, "smoke") == [False] * 3
     assert not (tmp_path / "runs" / "smoke").exists()
     # a dry run reads its own store
     dry = presets.get(ce.NAME, "default", dry_run=True)
     assert [r.done for r in ce.plan_runs(dry)] == [False] * 3
     with pytest.raises(ValueError, match="scale must be one of"):
-        ce.stored_cells(ce.NAME, cfg, cells, ce.grid, None, "huge")
+        stored_sweep_cells(ce.NAME, cfg, cells, ce.grid, None, "huge")

@@ -745,43 +745,6 @@ def cached_teacher_logits(entry: dict):
 # --------------------------------------------------------------------------- plan (kdlib plan)
 
 
-def stored_cells(experiment: str, cfg: dict, cells: list, grid_fn, namespace: str | None = None,
-                 scale: str | None = None) -> list[bool]:
-    """For each sweep cell of `cells` (dicts of plain values): True when the sweep store of
-    `experiment` at `scale` (runs/<scale>[-dry-run]/<experiment>.sqlite under the project
-    folder, `cfg["dry_run"]` choosing which) already holds its result under `namespace`.
-
-    scale None: the scale whose whole preset grid (`grid_fn(presets.get(experiment, s,
-    dry_run=...))`) contains every cell, i.e. the preset `cfg` was selected from; none or
-    several such scales, or no store file: all False. Only reads an existing store (it is
-    never created)."""
-    from kdlib import sweep
-    from kdlib.experiments.common import project_dir, run_name
-
-    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
-        raise TypeError("cells must be a list of sweep cells (dicts)")
-    if not callable(grid_fn):
-        raise TypeError(f"grid_fn must be the experiment's grid function, got {grid_fn!r}")
-    if scale is not None and scale not in presets.SCALES:
-        raise ValueError(f"scale must be one of {presets.SCALES} or None, got {scale!r}")
-    if not cells:
-        return []
-    dry = bool(cfg.get("dry_run", False))
-    keys = [sweep.cell_key(c, namespace) for c in cells]
-    if scale is None:
-        matches = [s for s in presets.SCALES
-                   if set(keys) <= {sweep.cell_key(c, namespace) for c in
-                                    grid_fn(presets.get(experiment, s, dry_run=dry))}]
-        if len(matches) != 1:
-            return [False] * len(cells)
-        scale = matches[0]
-    path = project_dir() / "runs" / run_name(scale, dry) / f"{experiment}.sqlite"
-    if not path.is_file():
-        return [False] * len(cells)
-    stored = {r["_key"] for r in sweep.load(path, namespace)}
-    return [k in stored for k in keys]
-
-
 def plan_runs(cfg: dict, scale: str | None = None) -> list:
     """Every training the preset needs (kdlib plan): one cached teacher per teacher of the
     preset, keyed like the teacher cache (`kdlib.plan.teacher_run`, so a teacher another
@@ -791,12 +754,13 @@ def plan_runs(cfg: dict, scale: str | None = None) -> list:
     or it is not selected. Nothing is loaded, trained or written."""
     import dataclasses
 
+    from kdlib.experiments.common import stored_sweep_cells
     from kdlib.plan import teacher_run
 
     if skipped_tables(cfg):
         return []
     cells = grid(cfg)
-    done = stored_cells(NAME, cfg, cells, grid, None, scale)
+    done = stored_sweep_cells(NAME, cfg, cells, grid, None, scale)
     runs = [teacher_run(c["data"], c["arch"], make_recipe(c["recipe"], c["arch"]), c["seed"],
                         f"teacher {c['name']} ({c['arch']})") for c in cells]
     return [dataclasses.replace(r, done=r.done or d) for r, d in zip(runs, done, strict=True)]

@@ -112,6 +112,40 @@ def load_teacher(data: dict, teacher: str, teacher_recipe, teacher_seed: int = 0
     return d, model.eval(), record
 
 
+def stored_sweep_cells(experiment: str, cfg: dict, cells: list, grid_fn,
+                       namespace: str | None = None, scale: str | None = None) -> list[bool]:
+    """For each sweep cell of `cells` (dicts of plain values): True when the sweep store of
+    `experiment` at `scale` (runs/<scale>[-dry-run]/<experiment>.sqlite under the project
+    folder, `cfg["dry_run"]` choosing which) already holds its result under `namespace`.
+
+    scale None: the scale whose whole preset grid (`grid_fn(presets.get(experiment, s,
+    dry_run=...))`) contains every cell, i.e. the preset `cfg` was selected from; none or
+    several such scales, or no store file: all False. Only reads an existing store (it is
+    never created; the lookup is `kdlib.plan.stored_cells`)."""
+    from kdlib import presets, sweep
+    from kdlib.plan import stored_cells
+
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise TypeError("cells must be a list of sweep cells (dicts)")
+    if not callable(grid_fn):
+        raise TypeError(f"grid_fn must be the experiment's grid function, got {grid_fn!r}")
+    if scale is not None and scale not in presets.SCALES:
+        raise ValueError(f"scale must be one of {presets.SCALES} or None, got {scale!r}")
+    if not cells:
+        return []
+    dry = bool(cfg.get("dry_run", False))
+    keys = [sweep.cell_key(c, namespace) for c in cells]
+    if scale is None:
+        matches = [s for s in presets.SCALES
+                   if set(keys) <= {sweep.cell_key(c, namespace) for c in
+                                    grid_fn(presets.get(experiment, s, dry_run=dry))}]
+        if len(matches) != 1:
+            return [False] * len(cells)
+        scale = matches[0]
+    return stored_cells(project_dir() / "runs" / run_name(scale, dry) / f"{experiment}.sqlite",
+                        cells, namespace)
+
+
 def students_dir(store: str) -> Path:
     """The student store of a run (`kdlib.student_store`): runs/<store>/students, where
     store is a `run_name` ("default", "paper-dry-run", ...)."""

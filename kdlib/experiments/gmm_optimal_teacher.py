@@ -557,13 +557,13 @@ def plan_runs(cfg: dict, scale: str | None = None) -> list:
     recipe's epochs; no teacher network (the targets are the closed-form posterior). Keyed
     on what determines the weights (not device, threads or workers; the temperatures only
     for the tempered group); `done` when the sweep store holds the cell
-    (`calibration_explorer.stored_cells`). Nothing is loaded, trained or written."""
-    from kdlib.experiments.calibration_explorer import stored_cells
+    (`kdlib.experiments.common.stored_sweep_cells`). Nothing is loaded, trained or written."""
+    from kdlib.experiments.common import stored_sweep_cells
     from kdlib.plan import PlannedRun, run_key
     from kdlib.recipe import recipe_from_spec
 
     cells = grid_cells(cfg)
-    done = stored_cells(NAME, cfg, cells, grid_cells, NAME, scale)
+    done = stored_sweep_cells(NAME, cfg, cells, grid_cells, NAME, scale)
     epochs = recipe_from_spec(cfg["recipe"]).epochs
     runs = []
     for c, d in zip(cells, done):

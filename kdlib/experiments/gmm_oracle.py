@@ -424,14 +424,14 @@ def plan_runs(cfg: dict, scale: str | None = None) -> list:
     `epochs`) and, per seed, one stacked student run distilled from that teacher (members =
     losses x temperatures). Keyed on what determines the weights (not workers or
     stack_mode, which change float rounding only); `done` when the sweep store holds the
-    cell (`calibration_explorer.stored_cells`). Nothing is loaded, trained or written."""
-    from kdlib.experiments.calibration_explorer import stored_cells
+    cell (`kdlib.experiments.common.stored_sweep_cells`). Nothing is loaded, trained or written."""
+    from kdlib.experiments.common import stored_sweep_cells
     from kdlib.plan import PlannedRun, run_key, train_images
 
     if skipped_tables(cfg):
         return []
     cells = grid(cfg)
-    done = stored_cells(NAME, cfg, cells, grid, NAME, scale)
+    done = stored_sweep_cells(NAME, cfg, cells, grid, NAME, scale)
     s_epochs = recipe_from_spec(cfg["student_recipe"]).epochs
     runs = []
     for c, d in zip(cells, done):
