@@ -836,8 +836,8 @@ def run_reports(
 
     pending = list(range(len(sources)))
     stop_t = None
-    try:
-        while pending or running:
+    try:  # once stopped, only the running notebooks are waited for, not the pending ones
+        while running or (pending and stopper.signum is None):
             while pending and len(running) < n_jobs and stopper.signum is None:
                 i = pending.pop(0)
                 running[i] = []
