@@ -86,7 +86,9 @@ class Figure:
     unit "percent": value, low, high are fractions (accuracy, ECE; value in [0, 1]),
     shown as percent with two decimals; "points": a difference of two fractions (value in
     [-1, 1]), shown in percentage points with a sign; "number": anything else, shown with
-    `digits` significant digits (the interval with as many decimals as the value).
+    `digits` significant digits; with an interval, the value and its interval get the
+    decimals of the largest of the three in magnitude ("0.009 [-0.565, 0.473]", not
+    "0.00911 [-0.56492, 0.47273]").
     """
 
     value: float
@@ -132,9 +134,12 @@ class Figure:
             main = significant(self.value, self.digits)
             if "e" in main:
                 fmt = lambda x: significant(x, self.digits)  # noqa: E731
-            else:
-                d = _decimals(self.value, self.digits)
+            else:  # with an interval, the largest of the three numbers sets the decimals
+                big = max(abs(v) for v in (self.value, self.low, self.high) if v is not None)
+                d = _decimals(big, self.digits)
                 fmt = lambda x: f"{round(x, d) + 0.0:.{d}f}"  # noqa: E731
+                if self.low is not None and d > 0:
+                    main = fmt(self.value)
         if self.low is None:
             return main
         return f"{main} [{fmt(self.low)}, {fmt(self.high)}]"
