@@ -86,9 +86,9 @@ class Figure:
     unit "percent": value, low, high are fractions (accuracy, ECE; value in [0, 1]),
     shown as percent with two decimals; "points": a difference of two fractions (value in
     [-1, 1]), shown in percentage points with a sign; "number": anything else, shown with
-    `digits` significant digits; with an interval, the value and its interval get the
-    decimals of the largest of the three in magnitude ("0.009 [-0.565, 0.473]", not
-    "0.00911 [-0.56492, 0.47273]").
+    `digits` significant digits, its interval with as many decimals; a value under a tenth
+    of its interval's larger end (in magnitude) takes that end's decimals instead
+    ("0.009 [-0.565, 0.473]", not "0.00911 [-0.56492, 0.47273]").
     """
 
     value: float
@@ -134,12 +134,13 @@ class Figure:
             main = significant(self.value, self.digits)
             if "e" in main:
                 fmt = lambda x: significant(x, self.digits)  # noqa: E731
-            else:  # with an interval, the largest of the three numbers sets the decimals
-                big = max(abs(v) for v in (self.value, self.low, self.high) if v is not None)
-                d = _decimals(big, self.digits)
+            else:
+                d = _decimals(self.value, self.digits)
+                big = 0.0 if self.low is None else max(abs(self.low), abs(self.high))
+                if abs(self.value) < 0.1 * big:  # a value near 0: its interval's decimals
+                    d = _decimals(big, self.digits)
+                    main = f"{round(self.value, d) + 0.0:.{d}f}"
                 fmt = lambda x: f"{round(x, d) + 0.0:.{d}f}"  # noqa: E731
-                if self.low is not None and d > 0:
-                    main = fmt(self.value)
         if self.low is None:
             return main
         return f"{main} [{fmt(self.low)}, {fmt(self.high)}]"

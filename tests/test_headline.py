@@ -25,8 +25,11 @@ from kdlib import headline as hl
     (hl.points(0.0), "+0.00 points"),
     (hl.points(-0.00001), "+0.00 points"),  # rounds to zero: no "-0.00"
     (hl.number(-0.68123, -0.85, -0.28), "-0.681 [-0.850, -0.280]"),
-    # the interval's scale sets the decimals: no spurious digits on a value near zero
+    (hl.number(0.8, 0.0, 1.0), "0.800 [0.000, 1.000]"),
+    (hl.number(0.0182, 0.0, 0.0818), "0.0182 [0.0000, 0.0818]"),
+    # a value near zero takes its interval's decimals: no spurious digits
     (hl.number(0.00911, -0.56492, 0.47273), "0.009 [-0.565, 0.473]"),
+    (hl.number(0.0, -0.5, 0.5), "0.000 [-0.500, 0.500]"),
     (hl.number(-0.0004, -0.0009, 0.0001), "-0.000400 [-0.000900, 0.000100]"),
     (hl.number(1234.5, 1000.0, 1500.0), "1230 [1000, 1500]"),
     (hl.number(0.00925402), "0.00925"),
