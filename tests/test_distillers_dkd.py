@@ -158,9 +158,9 @@ def test_fitnet_ce_is_cross_entropy_plus_the_hint_without_kd():
     d.train()  # the regressor's BatchNorm normalizes with the batch statistics
     by_hand = F.cross_entropy(s_logits, labels) + 10.0 * F.mse_loss(d.hint.regressor(s_stage),
                                                                     t_stage)
-    assert float(got) == pytest.approx(float(by_hand), rel=1e-6)
+    assert float(got.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-6)
     other = d(student, (torch.randn(5, 3) * 50, None, [t_stage]), labels)
-    assert float(other) == pytest.approx(float(got), rel=1e-7)
+    assert float(other.detach()) == pytest.approx(float(got.detach()), rel=1e-7)
 
 
 def test_stacked_logit_losses_per_member_teachers_in_sweep_order():

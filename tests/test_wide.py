@@ -248,8 +248,10 @@ def test_wide_is_an_engine_representation_equal_to_the_loop(tmp_path, one_thread
             assert torch.allclose(x.double(), y.double(), atol=1e-10, rtol=0), name
     for ra, rb in zip(loop_recs, wide_recs, strict=True):
         assert ra["metrics"]["accuracy"] == rb["metrics"]["accuracy"]
-    # the wide run's state (written every epoch) is read by another representation
-    again, _ = run("loop", tmp_path / "state")
+    # the wide run's state (written every epoch) is read by another representation, which
+    # says that a resumed run is not bit-identical under other runtime settings
+    with pytest.warns(UserWarning, match="stack_mode.*not be bit-identical"):
+        again, _ = run("loop", tmp_path / "state")
     for a, b in zip(wide, again, strict=True):
         for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
             assert torch.equal(x, y)
