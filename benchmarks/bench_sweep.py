@@ -1,6 +1,7 @@
 """Distillation sweep throughput: students one at a time vs each stacking representation.
 
-    python benchmarks/bench_sweep.py [--k 22] [--steps 6] [--warmup 2] [--batch-size 64]
+    python benchmarks/bench_sweep.py [--k 22] [--steps 6] [--rounds 3] [--warmup 2]
+                                     [--batch-size 64]
                                      [--teacher resnet56] [--student resnet14]
                                      [--reps loop,vmap,wide] [--device auto] [--threads N]
                                      [--quick]
@@ -21,12 +22,19 @@ Data: CIFAR-shaped random images (3 x 32 x 32, 100 classes), cropped/flipped/nor
 into a pool of batches BEFORE timing (augmentation costs the same per step for every
 representation, so leaving it out favours "single": the ratios are conservative). Setup,
 warm-up (`--warmup` steps at the same K and shapes) and any evaluation are outside the timed
-region; each representation is timed over `--steps` steps, median step reported, with the
-process CPU time (user + sys of all threads) beside the wall time, since a shared machine
-makes wall time unreliable. On CUDA: bf16 autocast, channels_last, cudnn.benchmark, CUDA
-events, the syncs per step, the activation dtypes inside each stack, a grouped-conv
-microbenchmark and the projected GPU-hours of the paper's Table 6 protocol
-(5 pairs x 3 seeds x 22 students x 240 epochs x 50,000 images) from the best representation.
+region. The representations then take turns: in each of `--rounds` rounds every one runs
+`--steps` timed steps. The median step over all rounds gives images/s; the ratio to single is
+the median over rounds of the ratio within a round, so a machine whose speed drifts (another
+process, clocks) does not favour whichever ran first. Measured on 2 idle cores, 22 resnet14
+students from a resnet56, batch 64, `--reps loop --threads 2`: one-round runs gave the loop
+2.40-2.62x; interleaved (`--steps 8 --rounds 4 --warmup 3`) 2.10-2.16x (single 0.168 s/step,
+loop 1.70 s/step), since "single" runs faster when it does not run first. The process CPU
+time (user + sys of all threads) is beside the wall time, since a shared machine makes wall
+time unreliable.
+On CUDA: bf16 autocast, channels_last, cudnn.benchmark, CUDA events, the syncs per step,
+the activation dtypes inside each stack, a grouped-conv microbenchmark and the projected
+GPU-hours of the paper's Table 6 protocol (5 pairs x 3 seeds x 22 students x 240 epochs x
+50,000 images) from the best representation.
 The last line is JSON.
 """
 
@@ -143,22 +151,44 @@ class _null:
         return False
 
 
-def timed_steps(step, pool, warmup: int, steps: int, dev) -> dict:
-    """Median and mean wall seconds per step and CPU seconds per step (after warm-up)."""
+def warm(step, pool, warmup: int, dev) -> None:
+    """`warmup` untimed steps (allocator, kernel choice) at the timed K and shapes."""
     for i in range(warmup):
         step(*pool[i % len(pool)])
     sync(dev)
+
+
+def timed_steps(step, pool, steps: int, dev) -> dict:
+    """Wall seconds of each of `steps` steps and the CPU seconds they took in all."""
     walls = []
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0 = time.process_time()
     for i in range(steps):
         t0 = time.perf_counter()
         step(*pool[i % len(pool)])
         sync(dev)
         walls.append(time.perf_counter() - t0)
-    total_wall = time.perf_counter() - wall0
-    return {"median_s": statistics.median(walls), "mean_s": total_wall / steps,
-            "cpu_s": (time.process_time() - cpu0) / steps,
-            "spread": (max(walls) - min(walls)) / statistics.median(walls)}
+    return {"walls": walls, "cpu_s": time.process_time() - cpu0}
+
+
+def summarize(rounds: list[dict], base_rounds: list[dict] | None) -> dict:
+    """Median step, mean step, CPU s per step and spread over all rounds of one
+    representation; with `base_rounds` (single's, same rounds) also the ratio of step times
+    within each round and their median, which a machine whose speed drifts between rounds
+    does not bias (single and the stacks take turns)."""
+    walls = [w for r in rounds for w in r["walls"]]
+    steps = len(walls)
+    med = statistics.median(walls)
+    out = {"median_s": med, "mean_s": sum(walls) / steps,
+           "cpu_s": sum(r["cpu_s"] for r in rounds) / steps,
+           "spread": (max(walls) - min(walls)) / med}
+    if base_rounds is not None:
+        per_round = [statistics.median(b["walls"]) / statistics.median(r["walls"])
+                     for r, b in zip(rounds, base_rounds)]
+        cpu_rounds = [(b["cpu_s"] / len(b["walls"])) / (r["cpu_s"] / len(r["walls"]))
+                      for r, b in zip(rounds, base_rounds)]
+        out["round_step_ratios"] = per_round  # single's step / this step, per round
+        out["round_cpu_ratios"] = cpu_rounds
+    return out
 
 
 def sync(dev):
@@ -266,6 +296,8 @@ def main(argv=None):
     ap.add_argument("--k", "--students", dest="k", type=int, default=22)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per representation")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first, same K")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="timed rounds; in each, every representation runs --steps steps")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--teacher", default="resnet56")
     ap.add_argument("--student", default="resnet14")
@@ -280,12 +312,13 @@ def main(argv=None):
                     help="smoke run: K=3, batch 16, 2 steps, 1 warm-up")
     args = ap.parse_args(argv)
     if args.quick:
-        args.k, args.batch_size, args.steps, args.warmup = 3, 16, 2, 1
+        args.k, args.batch_size, args.steps, args.warmup, args.rounds = 3, 16, 2, 1, 1
     reps = [r for r in args.reps.split(",") if r]
     bad = sorted(set(reps) - set(REPS))
-    if bad or args.k < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 2:
+    if (bad or args.k < 1 or args.steps < 1 or args.warmup < 0 or args.batch_size < 2
+            or args.rounds < 1):
         ap.error(f"need reps out of {REPS} (got unknown {bad}), k >= 1, steps >= 1, "
-                 f"warmup >= 0, batch size >= 2")
+                 f"rounds >= 1, warmup >= 0, batch size >= 2")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
@@ -299,40 +332,58 @@ def main(argv=None):
     if dev.type == "cuda":
         pool = [(x.to(memory_format=torch.channels_last), y) for x, y in pool]
 
-    results, extra = {}, {}
-    for rep in ["single", *reps]:
+    results, extra, steps, rounds = {}, {}, {}, {}
+    for rep in ["single", *reps]:  # setup and warm-up of every representation, untimed
         k = 1 if rep == "single" else args.k
         try:
             stack = build_stack(rep, make_students(args.student, k, args.classes, dev), dev)
-            step = Step(stack, teacher, k, dev)
-            r = timed_steps(step, pool, args.warmup, args.steps, dev)
-            r["student_img_per_s"] = k * args.batch_size / r["median_s"]
-            r["student_img_per_cpu_s"] = k * args.batch_size / r["cpu_s"]
-            info = {"ops_per_step": ops_per_step(step, pool)}
-            if rep != "single":
-                info["activation_dtypes"] = activation_dtypes(stack, pool[0][0], dev)
-            if dev.type == "cuda":
-                info["syncs_per_step"] = syncs_per_step(step, pool)
-                info["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                torch.cuda.reset_peak_memory_stats()
-            results[rep], extra[rep] = r, info
+            steps[rep] = Step(stack, teacher, k, dev)
+            warm(steps[rep], pool, args.warmup, dev)
+            rounds[rep] = []
         except Exception as err:  # a representation that fails is reported, not fatal
             results[rep] = {"error": f"{type(err).__name__}: {err}"[:300]}
-        finally:
-            stack = step = None
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            steps.pop(rep, None)
+    for i in range(args.rounds):  # the representations take turns, round after round
+        for rep in list(steps):
+            try:
+                if dev.type == "cuda" and i == 0:
+                    torch.cuda.reset_peak_memory_stats()
+                    held = torch.cuda.memory_allocated()
+                rounds[rep].append(timed_steps(steps[rep], pool, args.steps, dev))
+                if dev.type == "cuda" and i == 0:  # memory a step needs beyond what is held
+                    extra[rep] = {"step_mem_gib": round(
+                        (torch.cuda.max_memory_allocated() - held) / 2**30, 2)}
+            except Exception as err:
+                results[rep] = {"error": f"{type(err).__name__}: {err}"[:300]}
+                del steps[rep]
+    for rep, step in steps.items():
+        k = step.k
+        base = rounds.get("single") if rep != "single" and "single" in steps else None
+        r = summarize(rounds[rep], base)
+        r["student_img_per_s"] = k * args.batch_size / r["median_s"]
+        r["student_img_per_cpu_s"] = k * args.batch_size / r["cpu_s"]
+        if base is not None:
+            r["ratio"] = statistics.median(r["round_step_ratios"]) * k
+            r["cpu_ratio"] = statistics.median(r["round_cpu_ratios"]) * k
+        info = {"ops_per_step": ops_per_step(step, pool)}
+        if rep != "single":
+            info["activation_dtypes"] = activation_dtypes(step.stack, pool[0][0], dev)
+        if dev.type == "cuda":
+            info["syncs_per_step"] = syncs_per_step(step, pool)
+        results[rep], extra[rep] = r, {**extra.get(rep, {}), **info}
+    steps = None
 
     base = results["single"].get("student_img_per_s")
-    base_cpu = results["single"].get("student_img_per_cpu_s")
     out = {"device": str(dev), "name": torch.cuda.get_device_name() if dev.type == "cuda"
            else "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "k": args.k, "batch_size": args.batch_size, "steps": args.steps,
+           "k": args.k, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
            "warmup": args.warmup, "teacher": args.teacher, "student": args.student,
            "level": "one distillation step from kdlib's public pieces (not the engine)",
            "results": {}}
     print(f"{args.k} x {args.student} from {args.teacher}, batch {args.batch_size}, "
-          f"{dev}, {torch.get_num_threads()} threads; median of {args.steps} steps")
+          f"{dev}, {torch.get_num_threads()} threads; {args.rounds} rounds of {args.steps} "
+          f"steps (representations take turns); ratio: median over rounds of the ratio "
+          f"within a round")
     print(f"{'':8s} {'s/step':>8s} {'cpu s':>8s} {'img/s':>9s} {'img/cpu-s':>10s} "
           f"{'ratio':>6s} {'cpu ratio':>9s} {'ops':>6s}")
     for rep, r in results.items():
@@ -340,14 +391,15 @@ def main(argv=None):
             print(f"{rep:8s} failed: {r['error']}")
             out["results"][rep] = r
             continue
-        ratio = r["student_img_per_s"] / base if base else None
-        cpu_ratio = r["student_img_per_cpu_s"] / base_cpu if base_cpu else None
+        ratio, cpu_ratio = (r.get("ratio"), r.get("cpu_ratio")) if rep != "single" else (1, 1)
         row = {"s_per_step": round(r["median_s"], 4), "mean_s_per_step": round(r["mean_s"], 4),
                "cpu_s_per_step": round(r["cpu_s"], 4), "spread": round(r["spread"], 3),
                "student_img_per_s": round(r["student_img_per_s"], 1),
                "student_img_per_cpu_s": round(r["student_img_per_cpu_s"], 1),
                "ratio": None if ratio is None else round(ratio, 2),
-               "cpu_ratio": None if cpu_ratio is None else round(cpu_ratio, 2), **extra[rep]}
+               "cpu_ratio": None if cpu_ratio is None else round(cpu_ratio, 2),
+               **({"round_ratios": [round(args.k * x, 2) for x in r["round_step_ratios"]]}
+                  if "round_step_ratios" in r else {}), **extra[rep]}
         out["results"][rep] = row
         print(f"{rep:8s} {row['s_per_step']:8.3f} {row['cpu_s_per_step']:8.3f} "
               f"{row['student_img_per_s']:9.1f} {row['student_img_per_cpu_s']:10.1f} "
