@@ -170,11 +170,12 @@ def timed_steps(step, pool, steps: int, dev) -> dict:
     return {"walls": walls, "cpu_s": time.process_time() - cpu0}
 
 
-def summarize(rounds: list[dict], base_rounds: list[dict] | None) -> dict:
+def summarize(rounds: list[dict], base_rounds: list[dict] | None, k: int = 1) -> dict:
     """Median step, mean step, CPU s per step and spread over all rounds of one
-    representation; with `base_rounds` (single's, same rounds) also the ratio of step times
-    within each round and their median, which a machine whose speed drifts between rounds
-    does not bias (single and the stacks take turns)."""
+    representation of `k` students; with `base_rounds` (single's, same rounds) also its
+    speed-up over one student at a time within each round (`k` x single's step / this step,
+    by wall and by CPU time) and their medians `ratio` and `cpu_ratio`, which a machine whose
+    speed drifts between rounds does not bias (single and the stacks take turns)."""
     walls = [w for r in rounds for w in r["walls"]]
     steps = len(walls)
     med = statistics.median(walls)
@@ -182,12 +183,13 @@ def summarize(rounds: list[dict], base_rounds: list[dict] | None) -> dict:
            "cpu_s": sum(r["cpu_s"] for r in rounds) / steps,
            "spread": (max(walls) - min(walls)) / med}
     if base_rounds is not None:
-        per_round = [statistics.median(b["walls"]) / statistics.median(r["walls"])
-                     for r, b in zip(rounds, base_rounds)]
-        cpu_rounds = [(b["cpu_s"] / len(b["walls"])) / (r["cpu_s"] / len(r["walls"]))
-                      for r, b in zip(rounds, base_rounds)]
-        out["round_step_ratios"] = per_round  # single's step / this step, per round
-        out["round_cpu_ratios"] = cpu_rounds
+        out["round_ratios"] = [k * statistics.median(b["walls"]) / statistics.median(r["walls"])
+                               for r, b in zip(rounds, base_rounds)]
+        out["round_cpu_ratios"] = [
+            k * (b["cpu_s"] / len(b["walls"])) / (r["cpu_s"] / len(r["walls"]))
+            for r, b in zip(rounds, base_rounds)]
+        out["ratio"] = statistics.median(out["round_ratios"])
+        out["cpu_ratio"] = statistics.median(out["round_cpu_ratios"])
     return out
 
 
@@ -359,12 +361,9 @@ def main(argv=None):
     for rep, step in steps.items():
         k = step.k
         base = rounds.get("single") if rep != "single" and "single" in steps else None
-        r = summarize(rounds[rep], base)
+        r = summarize(rounds[rep], base, k)
         r["student_img_per_s"] = k * args.batch_size / r["median_s"]
         r["student_img_per_cpu_s"] = k * args.batch_size / r["cpu_s"]
-        if base is not None:
-            r["ratio"] = statistics.median(r["round_step_ratios"]) * k
-            r["cpu_ratio"] = statistics.median(r["round_cpu_ratios"]) * k
         info = {"ops_per_step": ops_per_step(step, pool)}
         if rep != "single":
             info["activation_dtypes"] = activation_dtypes(step.stack, pool[0][0], dev)
@@ -398,16 +397,19 @@ def main(argv=None):
                "student_img_per_cpu_s": round(r["student_img_per_cpu_s"], 1),
                "ratio": None if ratio is None else round(ratio, 2),
                "cpu_ratio": None if cpu_ratio is None else round(cpu_ratio, 2),
-               **({"round_ratios": [round(args.k * x, 2) for x in r["round_step_ratios"]]}
-                  if "round_step_ratios" in r else {}), **extra[rep]}
+               **({"round_ratios": [round(x, 2) for x in r["round_ratios"]]}
+                  if "round_ratios" in r else {}), **extra[rep]}
         out["results"][rep] = row
         print(f"{rep:8s} {row['s_per_step']:8.3f} {row['cpu_s_per_step']:8.3f} "
               f"{row['student_img_per_s']:9.1f} {row['student_img_per_cpu_s']:10.1f} "
               f"{row['ratio'] or 0:6.2f} {row['cpu_ratio'] or 0:9.2f} {row['ops_per_step']:6d}")
     stacked = {rep: r for rep, r in out["results"].items() if rep != "single" and "error" not in r}
     if stacked:
-        best = max(stacked, key=lambda rep: stacked[rep]["student_img_per_s"])
-        best_cpu = max(stacked, key=lambda rep: stacked[rep]["student_img_per_cpu_s"])
+        # the interleaved ratios when single ran (all share its rounds), else pooled speeds
+        best = max(stacked, key=lambda rep: stacked[rep]["ratio"]
+                   or stacked[rep]["student_img_per_s"])
+        best_cpu = max(stacked, key=lambda rep: stacked[rep]["cpu_ratio"]
+                       or stacked[rep]["student_img_per_cpu_s"])
         out["best"], out["best_by_cpu_time"] = best, best_cpu
         print(f"best stacking representation: {best} by wall time "
               f"({stacked[best]['ratio']}x one-at-a-time), {best_cpu} by CPU time "

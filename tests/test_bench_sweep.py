@@ -22,8 +22,10 @@ def test_summary_takes_the_ratio_within_each_round():
     assert s["cpu_s"] == pytest.approx(1.98 / 6)
     assert s["spread"] == pytest.approx((0.24 - 0.10) / 0.16)
     assert "round_step_ratios" not in s
-    r = bench_sweep.summarize(stack, single)
-    assert r["round_step_ratios"] == pytest.approx([0.11 / 1.0, 0.22 / 2.1])
-    assert r["round_cpu_ratios"] == pytest.approx([0.22 / 2.0, 0.44 / 4.0])
+    r = bench_sweep.summarize(stack, single, k=22)
+    assert r["round_ratios"] == pytest.approx([22 * 0.11 / 1.0, 22 * 0.22 / 2.1])
+    assert r["round_cpu_ratios"] == pytest.approx([22 * 0.22 / 2.0, 22 * 0.44 / 4.0])
+    assert r["ratio"] == pytest.approx(22 * (0.11 / 1.0 + 0.22 / 2.1) / 2)  # median of two
+    assert r["cpu_ratio"] == pytest.approx(22 * 0.11)
     # pooled medians mix the slow round with the fast one: 0.16 / 1.55, not ~0.107
     assert r["median_s"] == pytest.approx(1.55)
